@@ -1,0 +1,57 @@
+"""Held-out evaluation: exact-match accuracy of greedy answers and the loss on eval batches.
+
+Greedy decoding here runs the trainer's own model (full recompute, trainer precision): it
+measures what the trained weights know, independently of any generator engine.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from bench.tasks import Task
+from bench.tasks.tokenizer import EOS
+
+EVAL_SEED = 1234  # the same held-out problems for every run and seed, so runs compare
+
+
+@torch.no_grad()
+def eval_loss(model, task: Task, ctx_fn, device, batches: int = 4, batch_size: int = 64) -> float:
+    total, count = 0.0, 0
+    for b in range(batches):
+        inputs, targets, mask = (t.to(device) for t in task.lm_batch("eval", batch_size, EVAL_SEED + b))
+        with ctx_fn():
+            logits = model(inputs)
+        ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+        total += float((ce * mask.flatten()).sum())
+        count += int(mask.sum())
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def greedy_answers(model, task: Task, prompts: torch.Tensor, ctx_fn, max_new: int) -> list[str]:
+    seq = prompts
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=prompts.device)
+    for _ in range(max_new):
+        with ctx_fn():
+            nxt = model(seq)[:, -1].argmax(-1)
+        nxt = torch.where(done, torch.full_like(nxt, EOS), nxt)
+        seq = torch.cat([seq, nxt[:, None]], 1)
+        done |= nxt == EOS
+        if done.all():
+            break
+    return [task.completion_text(s[prompts.shape[1]:]) for s in seq]
+
+
+def evaluate(model, task: Task, ctx_fn, device, n_problems: int = 200) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    try:
+        out = {"eval/loss": eval_loss(model, task, ctx_fn, device)}
+        if task.prompt_len > 0:
+            probs = task.problems("eval", n_problems, EVAL_SEED)
+            prompts = task.encode_prompts(probs).to(device)
+            answers = greedy_answers(model, task, prompts, ctx_fn, task.seq_len - task.prompt_len)
+            out[f"eval/{task.name}/accuracy"] = sum(task.reward(p, a) for p, a in zip(probs, answers)) / len(probs)
+        return out
+    finally:
+        model.train(was_training)

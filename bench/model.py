@@ -1,0 +1,186 @@
+"""A small decoder-only transformer: the thing whose numerics we measure.
+
+Token embedding -> N x [RMSNorm -> causal attention (RoPE, optional QK-norm) -> residual,
+RMSNorm -> SwiGLU MLP -> residual] -> RMSNorm -> lm_head.
+
+Every projection is an `nn.Linear` built through `linear()` and reachable under a stable dotted
+name (`layers.3.attn.q`, `layers.3.mlp.up`, `lm_head`). Precision engines never touch this file:
+they swap those modules by name after construction (bench/precision/engines.py), which is why
+the names are part of the contract and why nothing here calls `F.linear` on raw weights.
+
+The forward optionally takes a KV cache (bench/generation/kvcache.py) so the generator engine can
+decode incrementally with its own copy of the model; with no cache, it is the trainer's forward.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    vocab_size: int = 128
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: int = 384
+    max_seq_len: int = 64
+    qk_norm: bool = False
+    tie_embeddings: bool = False
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+
+    def validate(self) -> str | None:
+        """A reason this config cannot build a model, or None."""
+        for field in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
+            if getattr(self, field) <= 0:
+                return f"model.{field}={getattr(self, field)} must be positive"
+        if self.d_model % self.n_heads:
+            return f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}"
+        if (self.d_model // self.n_heads) % 2:
+            return f"head dim {self.d_model // self.n_heads} must be even for RoPE"
+        return None
+
+    def num_params(self) -> int:
+        d, f, v, n = self.d_model, self.d_ff, self.vocab_size, self.n_layers
+        per_layer = 4 * d * d + 3 * d * f + 2 * d
+        return v * d * (1 if self.tie_embeddings else 2) + n * per_layer + d
+
+
+def linear(in_features: int, out_features: int) -> nn.Linear:
+    """The one Linear factory. Bias-free, as in modern LMs (and so FP8 GEMMs carry no bias)."""
+    return nn.Linear(in_features, out_features, bias=False)
+
+
+def rope_tables(cfg: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables [max_seq_len, head_dim/2] in fp32: rotary phases are precision-critical."""
+    hd = cfg.d_model // cfg.n_heads
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32, device=device) / hd))
+    t = torch.arange(cfg.max_seq_len, dtype=torch.float32, device=device)
+    freqs = torch.outer(t, inv_freq)
+    return freqs.cos(), freqs.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, H, T, hd]; rotates pairs (x1, x2) = halves of the head dim, computed in fp32."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    cos, sin = cos[None, None], sin[None, None]
+    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return out.to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with the reduction in fp32 even under bf16/fp16 autocast (mean of squares of
+    fp16 activations overflows long before the activations themselves do)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * self.weight.float()).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.n_heads, self.head_dim = cfg.n_heads, d // cfg.n_heads
+        self.q, self.k, self.v, self.o = (linear(d, d) for _ in range(4))
+        self.q_norm = RMSNorm(self.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+
+    def forward(self, x, cos, sin, cache=None, pos: int = 0):
+        B, T, _ = x.shape
+        heads = lambda t: t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            k, v = cache.update(k, v, pos)  # all keys/values up to pos + T
+            if T == 1:  # one new token attends to every cached position
+                y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype))
+            else:  # a prefill chunk starting at pos: causal within the chunk, full to the past
+                mask = torch.ones(T, pos + T, dtype=torch.bool, device=x.device).tril(pos)
+                y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
+        return self.o(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate = linear(cfg.d_model, cfg.d_ff)
+        self.up = linear(cfg.d_model, cfg.d_ff)
+        self.down = linear(cfg.d_ff, cfg.d_model)
+
+    def forward(self, x):
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg)
+
+    def forward(self, x, cos, sin, cache=None, pos: int = 0):
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, pos)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = linear(cfg.d_model, cfg.vocab_size)
+        cos, sin = rope_tables(cfg)
+        # Non-persistent: derived from the config, so never a checkpoint mismatch.
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    def reset_parameters(self):
+        std = self.cfg.init_std
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                # GPT-2 style: residual-branch outputs scaled down by depth.
+                scale = 1 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("o.weight", "down.weight")) else 1.0
+                nn.init.normal_(p, mean=0.0, std=std * scale)
+
+    def forward(self, idx: torch.Tensor, cache=None, pos: int = 0) -> torch.Tensor:
+        """idx [B, T] token ids -> logits [B, T, V] (fp32). With `cache`, idx holds positions
+        pos .. pos+T-1 and keys/values are appended to the cache."""
+        T = idx.shape[1]
+        if pos + T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {pos + T} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
+        cos, sin = self.rope_cos[pos:pos + T], self.rope_sin[pos:pos + T]
+        x = self.embed(idx)
+        for i, block in enumerate(self.layers):
+            x = block(x, cos, sin, None if cache is None else cache.layer(i), pos)
+        # Logits in fp32: log-softmax over the vocab is where bf16 rounding shows up as mismatch.
+        return self.lm_head(self.norm(x)).float()
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log p(target) under softmax(logits / T), computed in fp32. logits [B,T,V], targets [B,T]."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)

@@ -1,0 +1,164 @@
+"""Numerics monitor: what FP8 casts do to the tensors of this run, on sampled steps.
+
+For every FP8 Linear and each role (input, weight, grad_output) it records the DESIGN.md §6
+stats `numerics/<module>/<role>/{amax,scale,overflow_frac,underflow_frac,sqnr_db}` and the
+aggregates `numerics/{overflow_frac_max,underflow_frac_max,sqnr_db_min,nonfinite_count}`.
+
+Where the numbers come from:
+  reference engine  the FP8 linear reports the stats of the quantization it actually performed,
+                    with the scales it actually used (for fp8_delayed that is the stale history
+                    scale: exactly how delayed scaling overflows when activations jump).
+  torchao / te      their quantizers are opaque, so hooks apply the recipe's own quantizer
+                    (bench.precision.quantize) to the same tensors (current scaling).
+Shadow recipes: on the same sampled steps, every Linear's tensors are also pushed through other
+recipes (`numerics/shadow/<recipe>/<role>/...` aggregates), so one bf16 run predicts how each
+FP8 recipe would fare on it.
+
+Non-finite activations are counted every step without a host sync (a device counter read once
+per step with the loss).
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+import torch.nn as nn
+
+from bench.precision.formats import FORMATS
+from bench.precision.quantize import AmaxHistory, quantize
+from bench.precision.recipes import Recipe, get_recipe
+from bench.precision.stats import quant_stats
+
+STATS = ("amax", "scale", "overflow_frac", "underflow_frac", "sqnr_db")
+
+
+def _as_2d(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().float().reshape(-1, x.shape[-1])
+
+
+def _aggregate(records: dict[tuple[str, str], dict], prefix: str) -> dict[str, float]:
+    if not records:
+        return {}
+    vals = list(records.values())
+    return {f"{prefix}overflow_frac_max": max(v["overflow_frac"] for v in vals),
+            f"{prefix}underflow_frac_max": max(v["underflow_frac"] for v in vals),
+            f"{prefix}sqnr_db_min": min(v["sqnr_db"] for v in vals)}
+
+
+class NumericsMonitor:
+    def __init__(self, model: nn.Module, plan, interval: int, shadow: list[str] | None = None,
+                 per_module: bool = True):
+        self.model, self.plan, self.interval = model, plan, max(int(interval), 0)
+        self.per_module = per_module
+        self.shadow: dict[str, Recipe] = {n: get_recipe(n) for n in (shadow or []) if n != plan.name}
+        self.shadow_hist: dict[tuple, AmaxHistory] = {}
+        self.records: dict[tuple[str, str], dict] = {}
+        self.shadow_records: dict[str, dict[tuple[str, str], dict]] = defaultdict(dict)
+        self.active = False
+        self.nonfinite = None  # device tensor, accumulated by activation hooks
+        self.handles: list = []
+        self.attach()
+
+    # --- wiring ---------------------------------------------------------------------------
+    def attach(self) -> None:
+        """(Re)install hooks; called again after a fallback swapped a module."""
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+        fp8 = set(self.plan.fp8_modules)
+        for name, mod in self.model.named_modules():
+            if hasattr(mod, "observer"):  # reference FP8 linear: reports its own quantization
+                mod.observer = None
+                observe = None
+            elif name in fp8:  # torchao / te module: re-apply the recipe's quantizer in a hook
+                observe = self._observe_external
+            elif isinstance(mod, nn.Linear) and self.shadow:
+                observe = None
+            else:
+                continue
+            if observe is not None or self.shadow:
+                self._hook(name, mod, observe)
+        blocks = list(getattr(self.model, "layers", [])) + [self.model]
+        for b in blocks:
+            self.handles.append(b.register_forward_hook(self._count_nonfinite))
+
+    def _hook(self, name, mod, observe):
+        def fwd(module, args, out):
+            if not self.active:
+                return
+            x = args[0]
+            if observe is not None:
+                observe(name, "input", x)
+                observe(name, "weight", module.weight)
+            self._shadow(name, "input", x)
+            self._shadow(name, "weight", module.weight)
+            if out.requires_grad:
+                out.register_hook(lambda g: self._grad(name, g, observe))
+        self.handles.append(mod.register_forward_hook(fwd))
+
+    def _grad(self, name, g, observe):
+        if observe is not None:
+            observe(name, "grad_output", g)
+        self._shadow(name, "grad_output", g)
+
+    def _count_nonfinite(self, module, args, out):
+        n = (~torch.isfinite(out.detach())).sum()
+        self.nonfinite = n if self.nonfinite is None else self.nonfinite + n
+
+    # --- observation ----------------------------------------------------------------------
+    def _observe_reference(self, name: str, role: str, stats: dict) -> None:
+        self.records[(name, role)] = stats
+
+    def _observe_external(self, name: str, role: str, x: torch.Tensor) -> None:
+        r = self.plan.recipe
+        x2 = _as_2d(x)
+        self.records[(name, role)] = quant_stats(x2, quantize(x2, r, role), FORMATS[r.format_for(role)])
+
+    def _shadow(self, name: str, role: str, x: torch.Tensor) -> None:
+        x2 = _as_2d(x)
+        for rname, r in self.shadow.items():
+            hist = None
+            if r.scaling == "delayed":  # its own history, advanced on sampled steps only
+                hist = self.shadow_hist.setdefault((rname, name, role), AmaxHistory(r.amax_history_len, r.amax_compute_algo, r.margin))
+            q = quantize(x2, r, role, history=hist)
+            self.shadow_records[rname][(name, role)] = quant_stats(x2, q, FORMATS[r.format_for(role)])
+            if hist is not None:
+                hist.update(x2.abs().max())
+
+    # --- per step -------------------------------------------------------------------------
+    def begin_step(self, step: int) -> None:
+        self.active = self.interval > 0 and step % self.interval == 0
+        self.records.clear()
+        self.shadow_records.clear()
+        self.nonfinite = None
+        for mod in self.model.modules():
+            if hasattr(mod, "observer"):
+                mod.observer = self._observe_reference if self.active else None
+
+    def nonfinite_count(self) -> int:
+        return 0 if self.nonfinite is None else int(self.nonfinite)
+
+    def collect(self) -> dict[str, float]:
+        """Metrics of the sampled step (empty dict on other steps)."""
+        if not self.active:
+            return {}
+        out: dict[str, float] = {}
+        if self.per_module:
+            for (name, role), st in self.records.items():
+                for k in STATS:
+                    out[f"numerics/{name}/{role}/{k}"] = st[k]
+        out.update(_aggregate(self.records, "numerics/"))
+        for rname, recs in self.shadow_records.items():
+            for role in ("input", "weight", "grad_output"):
+                sub = {k: v for k, v in recs.items() if k[1] == role}
+                out.update(_aggregate(sub, f"numerics/shadow/{rname}/{role}/"))
+        return {k: (v if math.isfinite(v) else float("nan")) for k, v in out.items()}
+
+    def worst(self, stat: str) -> list[tuple[str, str, float]]:
+        """(module, role, value) for every observed tensor, largest first."""
+        return sorted(((n, r, s[stat]) for (n, r), s in self.records.items()), key=lambda t: -t[2])
+
+    def close(self):
+        for h in self.handles:
+            h.remove()

@@ -1,0 +1,53 @@
+"""Reproducible instability on a laptop: inject an activation outlier into one Linear's input.
+
+From `from_step` on, channel `channel` of the input to module `module` is multiplied by
+`magnitude · growth^(step − from_step)` (training forwards only). A sudden outlier is what
+breaks delayed scaling: its scale comes from the amax *history*, so the step the outlier appears
+x·s exceeds the format max and saturates (overflow events), while current (tensorwise) scaling
+sees the outlier in this step's amax and rescales, trading overflow for coarser resolution.
+With growth > 1 the outlier keeps outrunning the history, so delayed scaling overflows every step.
+"""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from bench.errors import BadInput
+
+
+class OutlierInjector:
+    def __init__(self, model: nn.Module, cfg):
+        self.cfg = dict(cfg or {})
+        self.enabled = bool(self.cfg.get("enabled", False))
+        self.step = -1
+        self.handle = None
+        if not self.enabled:
+            return
+        name = self.cfg.get("module", "layers.0.mlp.down")
+        names = [n for n, m in model.named_modules() if hasattr(m, "weight") and m.weight is not None and m.weight.dim() == 2]
+        if name not in names:
+            raise BadInput(f"stress.module={name!r} is not a Linear of this model; valid: {', '.join(names)}")
+        self.name = name
+        self.handle = model.get_submodule(name).register_forward_pre_hook(self._hook)
+
+    def set_step(self, step: int) -> None:
+        self.step = step
+
+    def factor(self) -> float:
+        start = int(self.cfg.get("from_step", 50))
+        if not self.enabled or self.step < start:
+            return 1.0
+        return float(self.cfg.get("magnitude", 1000.0)) * float(self.cfg.get("growth", 1.0)) ** (self.step - start)
+
+    def _hook(self, module, args):
+        f = self.factor()
+        if f == 1.0 or not module.training:
+            return None
+        x = args[0].clone()
+        x[..., int(self.cfg.get("channel", 0))] *= f
+        return (x,) + tuple(args[1:])
+
+    def rehook(self, model: nn.Module) -> None:
+        """After a fallback swapped the module, hook the new one."""
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = model.get_submodule(self.name).register_forward_pre_hook(self._hook)

@@ -1,0 +1,106 @@
+"""The run directory (DESIGN.md §4): the durable record of a run, written as it happens.
+
+  config.yaml    fully resolved config          metrics.jsonl  one object per logged step
+  events.jsonl   numerics events                evals.jsonl    one object per evaluation
+  summary.json   status, final/best metrics, engines, versions, device, wall time
+  checkpoints/   resumable state
+
+JSONL lines are flushed and fsync'd per write, and summary.json is replaced atomically, so a
+crash (or SIGKILL) loses at most the step in flight. wandb only mirrors these files.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import torch
+
+from bench.errors import BadInput
+
+FILES = ("config.yaml", "metrics.jsonl", "events.jsonl", "evals.jsonl", "summary.json")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temp file in the same directory, fsync, then rename over the target."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(v):
+    if isinstance(v, torch.Tensor):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else (1e308 if v > 0 else -1e308)
+    return v
+
+
+class JsonlWriter:
+    """Append-only JSONL, flushed and fsync'd per line (non-finite floats become null)."""
+
+    def __init__(self, path: Path):
+        self.f = open(path, "a", buffering=1)
+
+    def write(self, record: dict) -> None:
+        self.f.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
+        self.f.flush()
+        os.fsync(self.f.fileno())
+
+    def close(self):
+        self.f.close()
+
+
+def prepare(run_dir: str | Path, resume: bool) -> Path:
+    """Create (or, with resume, reopen) a run dir. Never overwrites a non-empty dir without resume."""
+    path = Path(run_dir)
+    if path.exists() and not path.is_dir():
+        raise BadInput(f"run_dir={path} exists and is not a directory")
+    nonempty = path.is_dir() and any(path.iterdir())
+    if resume:
+        if not (path / "checkpoints").is_dir() or not any((path / "checkpoints").glob("step_*.pt")):
+            raise BadInput(f"resume=true but run_dir={path} has no checkpoint under checkpoints/; "
+                           f"valid: a run dir written by an earlier run, or resume=false")
+    elif nonempty:
+        raise BadInput(f"run_dir={path} already holds a run; pass resume=true to continue it "
+                       f"or choose another run_dir (runs are never overwritten)")
+    (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    for mod in ("torchao", "transformer_engine", "hydra", "wandb"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # optional or broken installs are recorded as absent
+            out[mod] = None
+    return out
+
+
+def device_string(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def write_summary(path: Path, summary: dict) -> None:
+    atomic_write_text(Path(path) / "summary.json", json.dumps(summary, indent=2, default=_jsonable) + "\n")
+
+
+def read_summary(path: Path) -> dict:
+    try:
+        return json.loads((Path(path) / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}

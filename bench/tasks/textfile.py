@@ -1,0 +1,48 @@
+"""A user's own plain-text file as LM data: random windows, eval = the file's last 10%.
+
+No verifiable reward (it is a pretraining corpus), so it supports `recipes.pretrain` only; the
+split is by position, so train and eval windows never overlap.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+
+from bench.tasks.base import Task
+from bench.tasks.tokenizer import clean, encode
+
+
+class TextFile(Task):
+    name = "textfile"
+
+    def __init__(self, path: str = "", window: int = 64, **kw):
+        kw["loss_on"] = "all"
+        super().__init__(**kw)
+        p = Path(path)
+        if not path or not p.is_file():
+            raise ValueError(f"task.path={path!r} is not a readable text file")
+        ids = encode(clean(p.read_text(errors="ignore")))
+        if len(ids) < 20 * (window + 1):
+            raise ValueError(f"task.path={path!r} holds {len(ids)} usable characters; need >= {20 * (window + 1)}")
+        cut = int(len(ids) * 0.9)
+        self.window = window
+        self.data = {"train": torch.tensor(ids[:cut]), "eval": torch.tensor(ids[cut:])}
+
+    @property
+    def seq_len(self) -> int:
+        return self.window + 1
+
+    @property
+    def prompt_len(self) -> int:
+        return 0
+
+    def lm_batch(self, split, batch_size, seed):
+        data, rng = self.data[split], random.Random(seed)
+        starts = [rng.randrange(len(data) - self.window - 1) for _ in range(batch_size)]
+        toks = torch.stack([data[s:s + self.window + 1] for s in starts])
+        return toks[:, :-1], toks[:, 1:], torch.ones_like(toks[:, 1:], dtype=torch.bool)
+
+    def problems(self, split, n, seed):
+        raise ValueError("task=textfile has no prompts/answers: use it with recipes.pretrain and eval loss only")

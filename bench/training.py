@@ -1,0 +1,131 @@
+"""The optimizer step both recipes share, with the precision machinery around it.
+
+One `Trainer.step` = forward under the precision's autocast (+ the FP8 engine's context),
+backward (loss-scaled for fp16), unscale, clip, then the checks of bench/numerics/policy.py
+decide whether the update is applied, skipped, the run halts, or modules fall back to bf16.
+Master weights and AdamW state stay fp32 in every precision.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from bench.numerics.monitor import NumericsMonitor
+from bench.numerics.policy import Decision, InstabilityPolicy
+from bench.precision.engines import PrecisionPlan, fallback_to_high_precision
+from bench.precision.mixed import autocast_context
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+
+
+def lr_lambda(cfg: OptimConfig, total_steps: int):
+    """Linear warm-up to lr, then cosine decay to lr·min_lr_ratio at total_steps."""
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        t = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+    return f
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, optim: OptimConfig, total_steps: int, plan: PrecisionPlan, engine,
+                 monitor: NumericsMonitor, policy: InstabilityPolicy, emit, device: torch.device,
+                 loss_scale_cfg=None):
+        self.model, self.optim_cfg, self.plan, self.engine = model, optim, plan, engine
+        self.monitor, self.policy, self.emit, self.device = monitor, policy, emit, device
+        decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+        self.opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(optim, total_steps))
+        ls = dict(loss_scale_cfg or {})
+        self.scaler = torch.amp.GradScaler(device.type, enabled=plan.name == "fp16",
+                                           init_scale=float(ls.get("init_scale", 2.0 ** 16)),
+                                           growth_interval=int(ls.get("growth_interval", 2000)))
+
+    def context(self):
+        """Forward context: autocast of the precision, plus the engine's (TE fp8_autocast)."""
+        ctx = autocast_context(self.plan.name, self.device)
+        if self.engine is None:
+            return ctx
+        eng_ctx = self.engine.context(self.plan.recipe)
+
+        class Both:
+            def __enter__(s):
+                ctx.__enter__()
+                eng_ctx.__enter__()
+
+            def __exit__(s, *a):
+                eng_ctx.__exit__(*a)
+                return ctx.__exit__(*a)
+        return Both()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
+
+    def step(self, step: int, loss_value: float, tokens: int, t0: float) -> tuple[dict, Decision]:
+        """Finish an optimizer step whose backward has run: checks, policy, update, metrics."""
+        self.scaler.unscale_(self.opt)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.grad_clip)) if params else 0.0
+        scaler_overflow = self.scaler.is_enabled() and not math.isfinite(grad_norm)
+        numerics = self.monitor.collect()
+        detections = self.policy.numerics_detections(self.monitor.records) if numerics else []
+        decision = self.policy.check(step, loss_value, None if scaler_overflow else grad_norm,
+                                     self.monitor.nonfinite_count(), detections)
+        if scaler_overflow:  # fp16: the scaler skips the update and backs the scale off
+            self.emit({"step": step, "kind": "skip_step", "where": "loss_scaler", "value": float("inf"),
+                       "threshold": float(self.scaler.get_scale()), "action": "skip_step"})
+        lr = self.opt.param_groups[0]["lr"]
+        if decision.skip or decision.halt:
+            self.opt.zero_grad(set_to_none=True)
+            self.scaler.update()
+        else:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            self.opt.zero_grad(set_to_none=True)
+        self.sched.step()
+        for name in decision.fallback:
+            if fallback_to_high_precision(self.model, self.plan, name):
+                self.emit({"step": step, "kind": "fallback", "where": name, "value": 1.0, "threshold": 0.0,
+                           "action": "fallback"})
+        if decision.fallback:
+            self.monitor.attach()
+        dt = time.perf_counter() - t0
+        metrics = {"train/loss": loss_value, "train/grad_norm": grad_norm, "train/lr": lr,
+                   "train/step_time_s": dt, "train/tokens_per_s": tokens / dt if dt > 0 else 0.0,
+                   "numerics/nonfinite_count": self.monitor.nonfinite_count(), **numerics}
+        if self.scaler.is_enabled():
+            metrics["train/loss_scale"] = float(self.scaler.get_scale())
+        return metrics, decision
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+                "scaler": self.scaler.state_dict(), "policy": self.policy.state_dict(),
+                "fallbacks": [n for n in self.plan.high_precision_modules]}
+
+    def load_state_dict(self, s: dict) -> None:
+        for name in s.get("fallbacks", []):  # modules that fell back before the checkpoint stay bf16
+            fallback_to_high_precision(self.model, self.plan, name)
+        self.monitor.attach()
+        self.model.load_state_dict(s["model"])
+        self.opt.load_state_dict(s["opt"])
+        self.sched.load_state_dict(s["sched"])
+        self.scaler.load_state_dict(s["scaler"])
+        self.policy.load_state_dict(s["policy"])

@@ -1,0 +1,43 @@
+"""Shared test helpers: run a recipe in-process through Hydra's compose API or as a subprocess."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+QUIET = ["logger=disabled", "threads=1"]
+
+
+def compose_cfg(recipe: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name=recipe, overrides=overrides, return_hydra_config=False)
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return cfg
+
+
+def run_in_process(recipe: str, overrides: list[str]) -> int:
+    """Compose and run a recipe's body in this process; returns its exit code."""
+    from bench.session import Session
+    import importlib
+
+    mod = importlib.import_module(f"recipes.{recipe}")
+    cfg = compose_cfg(recipe, QUIET + overrides)
+    OmegaConf.resolve(cfg)
+    return mod.train(Session(cfg, recipe))
+
+
+def run_cli(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

@@ -1,0 +1,68 @@
+import pytest
+import torch
+
+from bench.tasks import TASKS, build_task
+from bench.tasks.tokenizer import EOS, decode, encode
+
+TASKS_WITH_ANSWERS = [{"name": "addition", "digits": 3}, {"name": "reversal", "length": 6}]
+
+
+@pytest.mark.parametrize("cfg", TASKS_WITH_ANSWERS, ids=lambda c: c["name"])
+def test_problems_are_a_pure_function_of_the_seed(cfg):
+    t = build_task(cfg)
+    assert t.problems("train", 20, 7) == t.problems("train", 20, 7)
+    assert t.problems("train", 20, 7) != t.problems("train", 20, 8)
+
+
+@pytest.mark.parametrize("cfg", TASKS_WITH_ANSWERS, ids=lambda c: c["name"])
+def test_train_and_eval_splits_never_overlap(cfg):
+    t = build_task(cfg)
+    train = {p.prompt for p in t.problems("train", 3000, 0)}
+    ev = {p.prompt for p in t.problems("eval", 300, 0)}
+    assert ev and not train & ev
+
+
+@pytest.mark.parametrize("cfg", TASKS_WITH_ANSWERS, ids=lambda c: c["name"])
+def test_prompts_have_fixed_width_and_batches_mask_only_answers(cfg):
+    t = build_task(cfg)
+    prompts = t.encode_prompts(t.problems("train", 8, 0))
+    assert prompts.shape == (8, t.prompt_len)
+    inputs, targets, mask = t.lm_batch("train", 8, 0)
+    assert inputs.shape == targets.shape == mask.shape == (8, t.seq_len - 1)
+    assert mask.sum(1).eq(t.seq_len - t.prompt_len).all()  # answer digits + EOS
+    assert (targets[:, -1] == EOS).all()
+
+
+def test_addition_answers_are_correct_sums():
+    t = build_task({"name": "addition", "digits": 3, "reverse_answer": True})
+    for p in t.problems("train", 50, 1):
+        a, b = p.prompt.rstrip("=").split("+")
+        assert int(p.answer[::-1]) == int(a) + int(b)
+
+
+def test_reward_is_exact_match():
+    t = build_task({"name": "reversal", "length": 4})
+    p = t.problems("train", 1, 0)[0]
+    assert t.reward(p, p.answer) == 1.0
+    assert t.reward(p, p.answer[:-1]) == 0.0
+    assert t.reward(p, p.answer + "x") == 0.0
+
+
+def test_tokenizer_round_trips_and_stops_at_eos():
+    ids = encode("12+34=")
+    assert decode(ids) == "12+34="
+    assert decode(ids + [EOS] + encode("99")) == "12+34="
+
+
+def test_textfile_task_reads_a_users_file(tmp_path):
+    f = tmp_path / "corpus.txt"
+    f.write_text("the quick brown fox jumps over the lazy dog. " * 200)
+    t = build_task({"name": "textfile", "path": str(f), "window": 32})
+    inputs, targets, mask = t.lm_batch("train", 4, 0)
+    assert inputs.shape == (4, 32) and mask.all()
+    assert torch.equal(inputs[:, 1:], targets[:, :-1])
+
+
+def test_unknown_task_names_valid_choices():
+    with pytest.raises(ValueError, match="valid: " + ", ".join(TASKS)):
+        build_task({"name": "sudoku"})
