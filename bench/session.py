@@ -167,8 +167,18 @@ def run_recipe(cfg, recipe: str, body) -> None:
     except BadInput as e:
         print(f"fp8bench: error: {e}", file=sys.stderr)
         sys.exit(2)
-    if code:
-        sys.exit(code)
+    if code and not _in_multirun():
+        sys.exit(code)  # under -m a diverged job must not end the sweep: its summary says diverged
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
 
 
 def multirun_dir(cfg) -> None:
