@@ -1,0 +1,1 @@
+"""RL: GRPO loss, trainer/generator mismatch metrics, importance-sampling correction."""

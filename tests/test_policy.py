@@ -1,0 +1,87 @@
+"""Instability detection: robust spike scores, every action an event, fallback bookkeeping."""
+import math
+
+import pytest
+
+from bench.errors import BadInput
+from bench.numerics.policy import InstabilityPolicy, SpikeDetector
+
+
+def policy(action, **kw):
+    events = []
+    return InstabilityPolicy({"action": action, "spike_window": 20, "spike_z": 6.0, "spike_min_history": 10, **kw},
+                             events.append), events
+
+
+def test_robust_z_score_matches_median_and_mad():
+    d = SpikeDetector(window=5, z=6, min_history=5)
+    for v in [1.0, 2.0, 3.0, 4.0, 100.0]:
+        d.push(v)
+    # median 3, |dev| = [2,1,0,1,97] -> MAD 1
+    assert d.score(10.0) == pytest.approx((10 - 3) / (1.4826 * 1 + 1e-12 + 3e-6), rel=1e-9)
+
+
+def test_no_spike_score_before_min_history():
+    d = SpikeDetector(window=50, z=6, min_history=10)
+    for v in range(5):
+        d.push(float(v))
+    assert d.score(1e9) == 0.0
+
+
+@pytest.mark.parametrize("action,skip,halt", [("log", False, False), ("skip_step", True, False),
+                                               ("halt", False, True), ("fallback", True, False)])
+def test_loss_spike_becomes_event_with_the_policy_action(action, skip, halt):
+    p, events = policy(action)
+    for i in range(15):
+        assert not p.check(i, 1.0 + 0.01 * (i % 3), 1.0, 0).skip
+    d = p.check(15, 50.0, 1.0, 0)
+    assert (d.skip, d.halt) == (skip, halt)
+    kinds = [e["kind"] for e in events]
+    assert kinds[0] == "loss_spike" and events[0]["action"] == ("skip_step" if action == "fallback" else action)
+    if halt:
+        assert kinds[-1] == "halt"
+    if skip:
+        assert kinds[-1] == "skip_step"
+
+
+def test_spikes_stay_out_of_the_baseline_window():
+    p, _ = policy("log")
+    for i in range(15):
+        p.check(i, 1.0 + 0.01 * (i % 3), 1.0, 0)
+    n = len(p.loss.values)
+    p.check(15, 50.0, 1.0, 0)
+    assert len(p.loss.values) == n
+
+
+@pytest.mark.parametrize("loss,grad,acts,where", [(math.nan, 1.0, 0, "loss"), (1.0, math.inf, 0, "grad_norm"),
+                                                   (1.0, 1.0, 3, "activations")])
+def test_nonfinite_values_are_events(loss, grad, acts, where):
+    p, events = policy("skip_step")
+    d = p.check(0, loss, grad, acts)
+    assert d.skip and events[0]["kind"] == "nonfinite" and events[0]["where"] == where
+
+
+def test_overflow_detection_under_fallback_names_the_module():
+    p, events = policy("fallback", overflow_frac=1e-3)
+    recs = {("layers.1.mlp.down", "input"): {"overflow_frac": 0.01, "underflow_frac": 0.0},
+            ("layers.0.attn.q", "weight"): {"overflow_frac": 0.0, "underflow_frac": 0.0}}
+    det = p.numerics_detections(recs)
+    assert det == [("overflow", "layers.1.mlp.down", "input", 0.01)]
+    d = p.check(3, 1.0, 1.0, 0, det)
+    assert d.fallback == ["layers.1.mlp.down"] and not d.skip
+    assert events[0] == {"step": 3, "kind": "overflow", "where": "layers.1.mlp.down/input", "value": 0.01,
+                         "threshold": 1e-3, "action": "fallback"}
+
+
+def test_unknown_action_is_bad_input():
+    with pytest.raises(BadInput, match="valid: log, skip_step, fallback, halt"):
+        policy("explode")
+
+
+def test_detector_state_round_trips():
+    p, _ = policy("log")
+    for i in range(12):
+        p.check(i, float(i), 1.0, 0)
+    q, _ = policy("log")
+    q.load_state_dict(p.state_dict())
+    assert list(q.loss.values) == list(p.loss.values)
