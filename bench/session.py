@@ -134,8 +134,10 @@ class Session:
         for k, v in values.items():
             higher = k.endswith("accuracy")
             best = self.eval_best.get(k)
-            if best is not None:
-                drop = (best - v) if higher else (v - best) / max(abs(best), 1e-12)
+            # Accuracy only: a relative rise of a near-zero loss is noise, not forgetting
+            # (loss regressions across runs are the gate's job).
+            if best is not None and higher:
+                drop = best - v
                 if drop > margin:
                     self.eval_regressions.append({"step": step, "metric": k, "value": v, "best": best, "drop": drop})
                     self.event(step, "eval_regression", k, v, best, "log")
