@@ -76,6 +76,9 @@ class Trainer:
                 return ctx.__exit__(*a)
         return Both()
 
+    def lr(self) -> float:
+        return self.opt.param_groups[0]["lr"]
+
     def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
 

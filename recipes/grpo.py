@@ -127,9 +127,16 @@ def train(s: Session) -> int:
                     lp_ref = token_logprobs(ref(inputs)[:, P - 1:], targets[:, P - 1:], g.temperature)
             # PPO epochs over minibatches; pi_old stays the pre-update recompute for the batch.
             B, mb = len(problems), len(problems) // g.minibatches
+            decision = None
             for epoch in range(g.ppo_epochs):
                 for i in range(0, B, mb):
                     sl = slice(i, i + mb)
+                    if not adv[sl].any():
+                        # Every group tied: no policy-gradient signal. Stepping anyway would
+                        # still move the weights through Adam's momentum, so skip the update.
+                        rl_metrics = {"rl/clip_frac": 0.0, "rl/kl_ref": 0.0}
+                        train_metrics = {"train/loss": 0.0, "train/grad_norm": 0.0, "train/lr": trainer.lr()}
+                        continue
                     t_up = time.perf_counter()
                     monitor.begin_step(opt_step)
                     with trainer.context():
@@ -142,14 +149,14 @@ def train(s: Session) -> int:
                     opt_step += 1
                     if decision.halt:
                         break
-                if decision.halt:
+                if decision is not None and decision.halt:
                     break
             train_metrics["train/step_time_s"] = time.perf_counter() - t0
             train_metrics["train/tokens_per_s"] = int(ro.tokens.numel()) / train_metrics["train/step_time_s"]
             s.log_metrics(step, {**train_metrics, **rl_metrics, **mm, **is_metrics, "rl/entropy": entropy,
                                  "rollout/reward_mean": float(rewards.mean()), "rollout/reward_std": float(rewards.std()),
                                  "rollout/response_len_mean": float(mask.sum(1).float().mean())})
-            if decision.halt:
+            if decision is not None and decision.halt:
                 status = "diverged"
                 break
             if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
