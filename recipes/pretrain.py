@@ -32,8 +32,9 @@ def train(s: Session) -> int:
     model = Transformer(s.model_cfg).to(device)
     plan, engine = plan_precision(model, cfg.precision, device)
     policy = InstabilityPolicy(cfg.policy, emit=lambda ev: s.emit(ev))
-    stress = OutlierInjector(model, cfg.stress)
+    stress = OutlierInjector(model, cfg.stress)  # validates stress.module before any compute
     apply_precision(model, plan, engine)
+    stress.rehook(model)  # hook the module that now sits at that name
     monitor = NumericsMonitor(model, plan, cfg.monitor.interval, cfg.monitor.shadow, cfg.monitor.per_module)
     trainer = Trainer(model, typed(OptimConfig, cfg.optim, "optim"), cfg.steps, plan, engine, monitor, policy,
                       emit=lambda ev: s.emit(ev), device=device, loss_scale_cfg=cfg.precision.get("loss_scale"))
