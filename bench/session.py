@@ -69,6 +69,7 @@ class Session:
         self.eval_best: dict[str, float] = {}
         self.eval_regressions: list[dict] = []
         self.stop_requested = None
+        self.wall_before = 0.0  # wall time of earlier segments of a resumed run
 
     # --- start/finish -----------------------------------------------------------------------
     def open(self, total_steps: int, start_step: int) -> None:
@@ -108,7 +109,7 @@ class Session:
         self.log.log_event(ev)
 
     def write_summary(self):
-        self.summary["wall_s"] = round(time.time() - self.t0, 3) + self.summary.get("wall_s_before", 0.0)
+        self.summary["wall_s"] = round(time.time() - self.t0 + self.wall_before, 3)
         rundir.write_summary(self.run_dir, self.summary)
 
     def finish(self, status: str, step: int) -> int:
@@ -150,14 +151,14 @@ class Session:
     # --- checkpoints ------------------------------------------------------------------------
     def save(self, step: int, state: dict):
         state = {**state, "step": step, "rng": ckpt.rng_state(), "eval_best": self.eval_best,
-                 "eval_regressions": self.eval_regressions, "wall_s": time.time() - self.t0 + self.summary.get("wall_s_before", 0.0)}
+                 "eval_regressions": self.eval_regressions, "wall_s": time.time() - self.t0 + self.wall_before}
         ckpt.save(self.run_dir / "checkpoints", step, state, keep=int(self.cfg.get("keep_checkpoints", 2)))
 
     def restore_common(self, state: dict) -> int:
         ckpt.set_rng_state(state["rng"])
         self.eval_best = dict(state.get("eval_best", {}))
         self.eval_regressions = list(state.get("eval_regressions", []))
-        self.summary["wall_s_before"] = state.get("wall_s", 0.0)
+        self.wall_before = float(state.get("wall_s", 0.0))
         return int(state["step"])
 
 
