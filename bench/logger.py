@@ -117,3 +117,22 @@ class RunLogger:
         for w in (self.metrics, self.evals, self.events):
             w.close()
         self.wandb.finish(exit_code)
+
+
+class NullLogger:
+    """What non-zero ranks get: the same interface, no files, no console, no wandb."""
+
+    def wall_s(self) -> float:
+        return 0.0
+
+    def log_metrics(self, step, values):
+        pass
+
+    def log_eval(self, step, values):
+        pass
+
+    def log_event(self, event):
+        pass
+
+    def close(self, exit_code: int = 0):
+        pass

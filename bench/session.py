@@ -17,9 +17,9 @@ import torch
 from omegaconf import OmegaConf
 
 from bench import checkpoint as ckpt
-from bench import rundir
+from bench import distributed, rundir
 from bench.errors import BadInput
-from bench.logger import RunLogger
+from bench.logger import NullLogger, RunLogger
 from bench.model import ModelConfig
 from bench.tasks import build_task
 
@@ -62,8 +62,14 @@ class Session:
             raise BadInput(f"task {self.task.name} needs sequences of {self.task.seq_len} tokens; "
                            f"model.max_seq_len={self.model_cfg.max_seq_len}")
         self.device = pick_device(str(cfg.get("device", "auto")))
+        self.dist = distributed.init(self.device)
+        if self.dist.enabled and int(cfg.get("batch_size", cfg.get("grpo", {}).get("prompts_per_step", 0))) % self.dist.world:
+            raise BadInput(f"batch_size={cfg.get('batch_size')} is not divisible by the {self.dist.world} ranks")
         self.resume = bool(cfg.get("resume", False))
-        self.run_dir = rundir.prepare(cfg.run_dir, self.resume)
+        if self.dist.is_main:  # rank 0 alone creates and owns the run dir
+            self.run_dir = rundir.prepare(cfg.run_dir, self.resume)
+        distributed.barrier(self.dist)
+        self.run_dir = Path(cfg.run_dir)
         self.resume_state = ckpt.load(ckpt.latest(self.run_dir / "checkpoints")) if self.resume else None
         self.resolved = OmegaConf.to_container(cfg, resolve=True)
         self.eval_best: dict[str, float] = {}
@@ -75,12 +81,16 @@ class Session:
     def open(self, total_steps: int, start_step: int) -> None:
         if int(self.cfg.get("threads", 0)) > 0:
             torch.set_num_threads(int(self.cfg.threads))
-        rundir.atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
         self.t0 = time.time()
+        if not self.dist.is_main:
+            self.log, self.summary = NullLogger(), {"final": {}, "best": {}}
+            return
+        rundir.atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
         self.log = RunLogger(self.run_dir, self.cfg.get("logger", {}), self.resolved, total_steps,
                              start_step, resume=self.resume)
         self.summary = rundir.read_summary(self.run_dir) if self.resume else {}
         self.summary.update({"status": "running", "recipe": self.recipe, "run_name": self.cfg.run_name,
+                             "world_size": self.dist.world,
                              "versions": rundir.versions(), "device": rundir.device_string(self.device)})
         self.summary.setdefault("final", {})
         self.summary.setdefault("best", {})
@@ -92,10 +102,12 @@ class Session:
             signal.signal(sig, self._request_stop)
 
     def should_stop(self, step_done: int) -> bool:
-        """SIGTERM/SIGINT arrived, or the configured stop_after step is done."""
+        """SIGTERM/SIGINT arrived, or the configured stop_after step is done (rank 0 decides for
+        every rank, so all of them checkpoint and stop at the same step)."""
         after = self.cfg.get("stop_after")
         if after is not None and step_done >= int(after) and not self.stop_requested:
             self.stop_requested = f"stop_after={after}"
+        self.stop_requested = distributed.from_main(self.stop_requested, self.dist)
         return self.stop_requested is not None
 
     def _request_stop(self, signum, frame):
@@ -109,6 +121,8 @@ class Session:
         self.log.log_event(ev)
 
     def write_summary(self):
+        if not self.dist.is_main:
+            return
         self.summary["wall_s"] = round(time.time() - self.t0 + self.wall_before, 3)
         rundir.write_summary(self.run_dir, self.summary)
 
@@ -118,6 +132,8 @@ class Session:
         self.write_summary()
         code = {"completed": 0, "preempted": 0, "diverged": 1}.get(status, 1)
         self.log.close(code)
+        if not self.dist.is_main:
+            return code
         print(f"{status}: {self.run_dir}  (summary.json, metrics.jsonl, events.jsonl, evals.jsonl)", flush=True)
         return code
 
@@ -150,6 +166,8 @@ class Session:
 
     # --- checkpoints ------------------------------------------------------------------------
     def save(self, step: int, state: dict):
+        if not self.dist.is_main:
+            return
         state = {**state, "step": step, "rng": ckpt.rng_state(), "eval_best": self.eval_best,
                  "eval_regressions": self.eval_regressions, "wall_s": time.time() - self.t0 + self.wall_before}
         ckpt.save(self.run_dir / "checkpoints", step, state, keep=int(self.cfg.get("keep_checkpoints", 2)))

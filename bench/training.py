@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from bench import distributed
 from bench.numerics.monitor import NumericsMonitor
 from bench.numerics.policy import Decision, InstabilityPolicy
 from bench.precision.engines import PrecisionPlan, fallback_to_high_precision
@@ -45,7 +46,8 @@ def lr_lambda(cfg: OptimConfig, total_steps: int):
 class Trainer:
     def __init__(self, model: nn.Module, optim: OptimConfig, total_steps: int, plan: PrecisionPlan, engine,
                  monitor: NumericsMonitor, policy: InstabilityPolicy, emit, device: torch.device,
-                 loss_scale_cfg=None):
+                 loss_scale_cfg=None, dist_info: distributed.DistInfo | None = None):
+        self.dist = dist_info or distributed.DistInfo()
         self.model, self.optim_cfg, self.plan, self.engine = model, optim, plan, engine
         self.monitor, self.policy, self.emit, self.device = monitor, policy, emit, device
         decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
@@ -90,8 +92,10 @@ class Trainer:
         scaler_overflow = self.scaler.is_enabled() and not math.isfinite(grad_norm)
         numerics = self.monitor.collect()
         detections = self.policy.numerics_detections(self.monitor.records) if numerics else []
+        loss_value = distributed.mean(loss_value, self.dist)  # the global batch's loss on every rank
         decision = self.policy.check(step, loss_value, None if scaler_overflow else grad_norm,
                                      self.monitor.nonfinite_count(), detections)
+        decision = distributed.from_main(decision, self.dist)
         if scaler_overflow:  # fp16: the scaler skips the update and backs the scale off
             self.emit({"step": step, "kind": "skip_step", "where": "loss_scaler", "value": float("inf"),
                        "threshold": float(self.scaler.get_scale()), "action": "skip_step"})

@@ -13,6 +13,7 @@ import hydra
 import torch
 import torch.nn.functional as F
 
+from bench import distributed
 from bench.eval import evaluate
 from bench.model import Transformer
 from bench.numerics.monitor import NumericsMonitor
@@ -37,7 +38,9 @@ def train(s: Session) -> int:
     stress.rehook(model)  # hook the module that now sits at that name
     monitor = NumericsMonitor(model, plan, cfg.monitor.interval, cfg.monitor.shadow, cfg.monitor.per_module)
     trainer = Trainer(model, typed(OptimConfig, cfg.optim, "optim"), cfg.steps, plan, engine, monitor, policy,
-                      emit=lambda ev: s.emit(ev), device=device, loss_scale_cfg=cfg.precision.get("loss_scale"))
+                      emit=lambda ev: s.emit(ev), device=device, loss_scale_cfg=cfg.precision.get("loss_scale"),
+                      dist_info=s.dist)
+    forward = distributed.wrap(model, s.dist)  # DDP under torchrun; the model itself otherwise
 
     # 2. Resume: model (with FP8 amax histories), optimizer, scheduler, scaler, detectors, RNG.
     start = 0
@@ -56,9 +59,10 @@ def train(s: Session) -> int:
             t0 = time.perf_counter()
             monitor.begin_step(step)
             stress.set_step(step)
-            inputs, targets, mask = (t.to(device) for t in task.lm_batch("train", cfg.batch_size, cfg.seed * 1_000_003 + step))
+            batch = task.lm_batch("train", cfg.batch_size, cfg.seed * 1_000_003 + step)
+            inputs, targets, mask = (distributed.shard(t, s.dist).to(device) for t in batch)
             with trainer.context():
-                logits = model(inputs)
+                logits = forward(inputs)
             ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
             loss = (ce * mask.flatten()).sum() / mask.sum()
             trainer.backward(loss)
@@ -69,7 +73,7 @@ def train(s: Session) -> int:
             if decision.halt:
                 status = "diverged"
                 break
-            if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            if ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps) and s.dist.is_main:
                 s.log_eval(step + 1, evaluate(model, task, trainer.context, device, cfg.eval_problems))
             stop = s.should_stop(step + 1)
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or stop:

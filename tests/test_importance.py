@@ -1,109 +1,309 @@
-"""Every IS variant and option against a direct loop of its DESIGN.md §6 formula."""
+"""Every IS mode and option, weights and is/* metrics, against a direct loop of DESIGN.md §6.
+
+The reference walks sequences and tokens with python floats in float64: ρ = exp(clamp(r, ±20)),
+sequence ratios exp(clamp(Σ_t r)) and exp(clamp(mean_t r)), the veto on the unclamped ρ, and it
+records which tokens a band or the veto masked out, so the masking fractions are checked against
+that record rather than against the weights' zeros."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from bench.rl.importance import IS_MODES, importance_weights
+from bench.rl.importance import BAND_MODES, IS_KEYS, IS_MODES, importance_weights
 
-CAP, LO, HI = 2.0, 0.5, 2.0
+C = 20.0
+MODES = ["none", "tis", "icepop", "seq_tis", "seq_mask", "geo_mask"]
 
 
-def direct_weights(lp_g, lp_t, mask, mode, veto=None, batch_normalize=False, lower_cap=None):
-    cl = lambda r: max(-20.0, min(20.0, r))
-    B, T = mask.shape
-    w = [[0.0] * T for _ in range(B)]
+def clamp(x):
+    return max(-C, min(C, x))
+
+
+def direct(lp_g, lp_t, mask, mode, cap=2.0, lo=0.5, hi=2.0, veto=None, batch_normalize=False, lower_cap=None):
+    """Reference weights [B, T] (float64 numpy) and metrics dict for one call."""
+    lg, lt, m = lp_g.double().numpy(), lp_t.double().numpy(), mask.numpy()
+    B, T = m.shape
+    w = np.zeros((B, T))
+    masked = np.zeros((B, T), dtype=bool)
+    vetoed = [False] * B
+    raw = []
     for i in range(B):
-        idx = [j for j in range(T) if mask[i, j]]
-        r = {j: float(lp_t[i, j].double() - lp_g[i, j].double()) for j in idx}
-        rho = {j: math.exp(cl(r[j])) for j in idx}
-        s = math.exp(cl(sum(r.values()))) if idx else 1.0
-        geo = math.exp(cl(sum(r.values()) / len(idx))) if idx else 1.0
-        for j in idx:
+        idx = [j for j in range(T) if m[i, j]]
+        r = [lt[i, j] - lg[i, j] for j in idx]
+        rho = [math.exp(clamp(x)) for x in r]
+        raw += rho
+        if not idx:
+            continue
+        s = math.exp(clamp(sum(r)))
+        geo = math.exp(clamp(sum(r) / len(r)))
+        for k, j in enumerate(idx):
             if mode == "none":
-                w[i][j] = 1.0
+                w[i, j] = 1.0
             elif mode == "tis":
-                w[i][j] = min(rho[j], CAP) if lower_cap is None else max(min(rho[j], CAP), lower_cap)
+                w[i, j] = min(rho[k], cap) if lower_cap is None else max(min(rho[k], cap), lower_cap)
             elif mode == "icepop":
-                w[i][j] = rho[j] if LO <= rho[j] <= HI else 0.0
+                w[i, j], masked[i, j] = (rho[k], False) if lo <= rho[k] <= hi else (0.0, True)
             elif mode == "seq_tis":
-                w[i][j] = min(s, CAP)
+                w[i, j] = min(s, cap)
             elif mode == "seq_mask":
-                w[i][j] = s if LO <= s <= HI else 0.0
+                w[i, j], masked[i, j] = (s, False) if lo <= s <= hi else (0.0, True)
             elif mode == "geo_mask":
-                w[i][j] = min(rho[j], CAP) if LO <= geo <= HI else 0.0
-        if veto is not None and any(rho[j] < veto for j in idx):
+                w[i, j], masked[i, j] = (min(rho[k], cap), False) if lo <= geo <= hi else (0.0, True)
+        if veto is not None and any(math.exp(x) < veto for x in r):
+            vetoed[i] = True
             for j in idx:
-                w[i][j] = 0.0
-    if batch_normalize:
-        vals = [w[i][j] for i in range(B) for j in range(T) if mask[i, j]]
+                w[i, j], masked[i, j] = 0.0, True
+    vals = [w[i, j] for i in range(B) for j in range(T) if m[i, j]]
+    if batch_normalize and vals and sum(vals) > 0:
         mean = sum(vals) / len(vals)
-        if mean > 0:
-            w = [[x / mean for x in row] for row in w]
-    return torch.tensor(w, dtype=torch.float64)
+        w = w / mean
+        vals = [x / mean for x in vals]
+    if not vals:
+        return w, {k: math.nan for k in IS_KEYS}
+    high = hi if mode in ("icepop", "seq_mask", "geo_mask") else cap
+    low = lower_cap if lower_cap is not None else lo
+    seqs = [i for i in range(B) if m[i].any()]
+    mean_w = np.mean(vals)
+    met = {
+        "raw_mean": np.mean(raw), "raw_std": np.std(raw), "raw_min": min(raw), "raw_max": max(raw),
+        "weight_mean": mean_w, "weight_std": np.std(vals), "weight_min": min(vals), "weight_max": max(vals),
+        "ess": 1.0 / np.mean([(x / mean_w) ** 2 for x in vals]) if mean_w > 0 else 0.0,
+        "frac_high": np.mean([x > high for x in raw]), "frac_low": np.mean([x < low for x in raw]),
+        "token_masked_frac": masked[m].mean(),
+        "seq_masked_frac": np.mean([masked[i][m[i]].all() for i in seqs]),
+        "veto_seq_frac": np.mean([vetoed[i] for i in seqs]),
+    }
+    return w, met
 
 
-def make(scale=0.6, seed=0, B=8, T=7):
+def make(B=9, T=7, scale=0.6, seed=0, dtype=torch.float32, extreme=False):
+    """Ragged masks: sequence 0 has one valid token, sequence 1 none. extreme: |r| up to 50."""
     g = torch.Generator().manual_seed(seed)
-    lp_g = -torch.rand(B, T, generator=g) * 3
-    lp_t = lp_g + scale * torch.randn(B, T, generator=g)
+    lp_g = -torch.rand(B, T, generator=g, dtype=torch.float64) * 3
+    lp_t = lp_g + scale * torch.randn(B, T, generator=g, dtype=torch.float64)
+    if extreme:
+        lp_t[2, :3] = lp_g[2, :3] - torch.tensor([50.0, 30.0, 21.0])
+        lp_g[3, :2] = lp_t[3, :2] - torch.tensor([50.0, 25.0])
+        lp_t[4, :] = lp_g[4, :] + 9.0                   # Σ_t r = 63: the sequence clamp bites
     lengths = torch.randint(1, T + 1, (B,), generator=g)
     lengths[0], lengths[1] = 1, 0
-    return lp_g, lp_t, torch.arange(T)[None] < lengths[:, None]
+    lengths[2:5] = T
+    return lp_g.to(dtype), lp_t.to(dtype), torch.arange(T)[None] < lengths[:, None]
 
 
-CASES = [(mode, opt) for mode in IS_MODES for opt in ("plain", "veto", "batch_normalize", "extreme")]
+INPUTS = [
+    ("float32_mild", dict(scale=0.3)),
+    ("float32_wide", dict(scale=0.9, seed=1)),
+    ("float32_extreme_ratios", dict(scale=0.6, extreme=True)),
+    ("bfloat16_inputs", dict(scale=0.5, dtype=torch.bfloat16, seed=2)),
+    ("bfloat16_extreme_ratios", dict(scale=0.5, dtype=torch.bfloat16, extreme=True, seed=3)),
+]
+OPTIONS = [
+    ("plain", {}),
+    ("veto", dict(veto=0.3)),
+    ("veto_tiny_threshold_below_clamp", dict(veto=1e-15)),
+    ("batch_normalize", dict(batch_normalize=True)),
+    ("veto_and_batch_normalize", dict(veto=0.3, batch_normalize=True)),
+    ("narrow_band_small_cap", dict(cap=1.2, lo=0.8, hi=1.25)),
+    ("wide_band_large_cap", dict(cap=1e6, lo=1e-6, hi=1e6)),
+]
+CASES = [(f"{mode}-{o}-{i}", mode, okw, ikw) for mode in MODES for o, okw in OPTIONS for i, ikw in INPUTS]
+CASES += [(f"tis-lower_cap_{lc}-{i}", "tis", dict(lower_cap=lc), ikw)
+          for lc in (0.8, 0.0) for i, ikw in INPUTS]
 
 
-@pytest.mark.parametrize("mode,opt", CASES, ids=[f"{m}-{o}" for m, o in CASES])
-def test_weights_match_the_direct_formula(mode, opt):
-    lp_g, lp_t, mask = make(scale=12.0 if opt == "extreme" else 0.6)
-    kw = {"veto": 0.3} if opt == "veto" else {"batch_normalize": True} if opt == "batch_normalize" else {}
-    w, _ = importance_weights(lp_g, lp_t, mask, mode=mode, cap=CAP, lo=LO, hi=HI, **kw)
-    ref = direct_weights(lp_g, lp_t, mask, mode, **kw)
-    assert w.dtype == torch.float32 and not w.requires_grad
-    torch.testing.assert_close(w.double(), ref, rtol=1e-6, atol=1e-7)
+@pytest.mark.parametrize("mode,options,inputs", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_weights_and_metrics_match_the_direct_formula(mode, options, inputs):
+    lp_g, lp_t, mask = make(**inputs)
+    w, met = importance_weights(lp_g, lp_t, mask, mode=mode, **options)
+    ref_w, ref_met = direct(lp_g, lp_t, mask, mode, **options)
+    assert w.dtype == torch.float32 and w.shape == mask.shape and not w.requires_grad
+    np.testing.assert_allclose(w.double().numpy(), ref_w, rtol=2e-7, atol=0)
     assert (w[~mask] == 0).all()
+    assert list(met) == [f"is/{k}" for k in IS_KEYS] and all(type(v) is float for v in met.values())
+    for k in IS_KEYS:
+        assert met[f"is/{k}"] == pytest.approx(float(ref_met[k]), rel=1e-9, abs=1e-12), k
 
 
-def test_tis_lower_cap_clamps_from_below():
-    lp_g, lp_t, mask = make(scale=2.0)
-    w, _ = importance_weights(lp_g, lp_t, mask, mode="tis", cap=CAP, lower_cap=0.8)
-    torch.testing.assert_close(w.double(), direct_weights(lp_g, lp_t, mask, "tis", lower_cap=0.8), rtol=1e-6, atol=1e-7)
+def test_registry_holds_every_design_mode_in_order():
+    assert list(IS_MODES) == MODES and BAND_MODES == {"icepop", "seq_mask", "geo_mask"}
 
 
-@pytest.mark.parametrize("mode", list(IS_MODES))
-def test_is_metrics_match_their_definitions(mode):
-    lp_g, lp_t, mask = make(scale=1.0, seed=3)
-    w, met = importance_weights(lp_g, lp_t, mask, mode=mode, cap=CAP, lo=LO, hi=HI, veto=0.2)
-    rho = torch.exp((lp_t - lp_g).double().clamp(-20, 20))[mask]
-    wv = w.double()[mask]
-    assert met["is/raw_mean"] == pytest.approx(float(rho.mean()))
-    assert met["is/raw_max"] == pytest.approx(float(rho.max()))
-    assert met["is/weight_mean"] == pytest.approx(float(wv.mean()), rel=1e-6)
-    assert met["is/weight_min"] == pytest.approx(float(wv.min()), abs=1e-7)
-    mean = wv.mean()
-    ess = float(1 / ((wv / mean) ** 2).mean()) if mean > 0 else 0.0
-    assert met["is/ess"] == pytest.approx(ess, rel=1e-5)
-    high = HI if mode in ("icepop", "seq_mask", "geo_mask") else CAP
-    assert met["is/frac_high"] == pytest.approx(float((rho > high).double().mean()))
-    assert met["is/frac_low"] == pytest.approx(float((rho < LO).double().mean()))
-    assert met["is/token_masked_frac"] == pytest.approx(float((wv == 0).double().mean()))
-    valid_seq = mask.any(1)
-    vetoed = ((torch.exp((lp_t - lp_g).clamp(-20, 20)) < 0.2) & mask).any(1) & valid_seq
-    assert met["is/veto_seq_frac"] == pytest.approx(float(vetoed.sum() / valid_seq.sum()))
-    zero_seq = valid_seq & ~((w != 0) & mask).any(1)
-    assert met["is/seq_masked_frac"] == pytest.approx(float(zero_seq.sum() / valid_seq.sum()))
+# ---- behaviour of each mode on hand-made inputs -----------------------------------------------------
+
+def close(w, expected):
+    np.testing.assert_allclose(w.double().numpy(), np.array(expected, dtype=float), rtol=1e-6, atol=1e-12)
 
 
-@pytest.mark.parametrize("mode", ["none", "tis", "icepop", "seq_tis", "seq_mask", "geo_mask"])
-def test_identical_policies_give_unit_weights_and_full_ess(mode):
-    lp_g, _, mask = make()
+def ratios(*rows):
+    """lp_g = 0 and lp_t = log ρ for rows of ratios (None = padding)."""
+    T = max(len(r) for r in rows)
+    rho = torch.tensor([[x if x is not None else 1.0 for x in r] + [1.0] * (T - len(r)) for r in rows], dtype=torch.float64)
+    mask = torch.tensor([[x is not None for x in r] + [False] * (T - len(r)) for r in rows])
+    return torch.zeros_like(rho), rho.log(), mask
+
+
+def test_tis_caps_token_ratio_at_C():
+    lp_g, lp_t, mask = ratios([0.1, 1.5, 3.0, 100.0])
+    w, met = importance_weights(lp_g, lp_t, mask, mode="tis", cap=2.0)
+    close(w, [[0.1, 1.5, 2.0, 2.0]])
+    assert met["is/frac_high"] == 0.5 and met["is/frac_low"] == 0.25 and met["is/token_masked_frac"] == 0
+
+
+def test_tis_lower_cap_clamps_from_below_and_sets_frac_low():
+    lp_g, lp_t, mask = ratios([0.1, 0.5, 0.9, 3.0])
+    w, met = importance_weights(lp_g, lp_t, mask, mode="tis", cap=2.0, lower_cap=0.6)
+    close(w, [[0.6, 0.6, 0.9, 2.0]])
+    assert met["is/frac_low"] == 0.5
+
+
+def test_icepop_zeroes_tokens_outside_the_band_and_keeps_the_rest_unclipped():
+    lp_g, lp_t, mask = ratios([0.4, 0.5, 1.7, 2.0, 2.1])
+    w, met = importance_weights(lp_g, lp_t, mask, mode="icepop", lo=0.5, hi=2.0)
+    close(w, [[0.0, 0.5, 1.7, 2.0, 0.0]])   # band edges are inclusive
+    assert met["is/token_masked_frac"] == 0.4 and met["is/seq_masked_frac"] == 0.0
+
+
+def test_seq_tis_gives_every_token_one_capped_sequence_ratio():
+    lp_g, lp_t, mask = ratios([1.2, 1.1, None], [2.0, 3.0, 0.1])
+    w, _ = importance_weights(lp_g, lp_t, mask, mode="seq_tis", cap=2.0)
+    close(w, [[1.32, 1.32, 0.0], [0.6, 0.6, 0.6]])
+    w, _ = importance_weights(*ratios([3.0, 3.0]), mode="seq_tis", cap=2.0)
+    close(w, [[2.0, 2.0]])
+
+
+def test_seq_mask_drops_sequences_whose_product_ratio_leaves_the_band():
+    lp_g, lp_t, mask = ratios([1.2, 1.1], [1.5, 1.5], [0.6, 0.6])
+    w, met = importance_weights(lp_g, lp_t, mask, mode="seq_mask", lo=0.5, hi=2.0)
+    close(w, [[1.32, 1.32], [0.0, 0.0], [0.0, 0.0]])
+    assert met["is/seq_masked_frac"] == pytest.approx(2 / 3) and met["is/veto_seq_frac"] == 0.0
+
+
+def test_geo_mask_is_length_normalised_where_seq_mask_is_not():
+    # 40 tokens each 5% over: the product ratio is 7.0 (seq_mask drops it), the geometric mean 1.05.
+    lp_g, lp_t, mask = ratios([1.05] * 40, [3.0, 3.0])
+    w_seq, _ = importance_weights(lp_g, lp_t, mask, mode="seq_mask")
+    w_geo, met = importance_weights(lp_g, lp_t, mask, mode="geo_mask", cap=2.0)
+    assert (w_seq[0] == 0).all()
+    close(w_geo[0], [1.05] * 40)
+    assert (w_geo[1] == 0).all() and met["is/seq_masked_frac"] == 0.5     # geo mean 3.0 > hi
+
+
+def test_sequence_and_geometric_log_ratios_are_clamped_to_20_before_exp():
+    lp_g, lp_t, mask = ratios([math.exp(30.0), math.exp(30.0)], [math.exp(-40.0)])
+    w, met = importance_weights(lp_g, lp_t, mask, mode="seq_mask", lo=0.0, hi=1e30)
+    close(w[0], [math.exp(20.0)] * 2)
+    assert w[1, 0].item() == pytest.approx(math.exp(-20.0), rel=1e-6)
+    assert met["is/raw_max"] == pytest.approx(math.exp(20.0)) and met["is/raw_min"] == pytest.approx(math.exp(-20.0))
+    # geo_mask: a geometric mean of e^±30 is clamped to e^±20, inside a band of [e^−25, e^25].
+    lp_g, lp_t, mask = ratios([math.exp(30.0)], [math.exp(-30.0)])
+    w, _ = importance_weights(lp_g, lp_t, mask, mode="geo_mask", cap=1e30, lo=math.exp(-25.0), hi=math.exp(25.0))
+    close(w, [[math.exp(20.0)], [math.exp(-20.0)]])
+
+
+def test_veto_drops_the_whole_sequence_holding_a_near_impossible_token():
+    lp_g, lp_t, mask = ratios([1.0, 1.0, 1e-5], [0.9, 1.1, None], [2e-4, 1.0, 1.0])
+    w, met = importance_weights(lp_g, lp_t, mask, mode="tis", veto=1e-4)
+    close(w, [[0.0, 0.0, 0.0], [0.9, 1.1, 0.0], [2e-4, 1.0, 1.0]])
+    assert met["is/veto_seq_frac"] == pytest.approx(1 / 3) and met["is/seq_masked_frac"] == pytest.approx(1 / 3)
+    assert met["is/token_masked_frac"] == pytest.approx(3 / 8)
+
+
+def test_veto_below_the_ratio_clamp_still_fires_on_the_unclamped_ratio():
+    lp_g, lp_t, mask = ratios([1.0, math.exp(-30.0)], [1.0, math.exp(-19.0)])
+    w, met = importance_weights(lp_g, lp_t, mask, mode="none", veto=math.exp(-25.0))
+    assert (w[0] == 0).all() and (w[1] == 1).all() and met["is/veto_seq_frac"] == 0.5
+
+
+def test_batch_normalize_makes_the_mean_valid_weight_one():
+    lp_g, lp_t, mask = make(scale=0.8, seed=11)
+    for mode in MODES:
+        w, met = importance_weights(lp_g, lp_t, mask, mode=mode, batch_normalize=True)
+        assert float(w[mask].double().mean()) == pytest.approx(1.0, rel=1e-6), mode
+        assert met["is/weight_mean"] == pytest.approx(1.0, rel=1e-12), mode
+
+
+def test_batch_normalize_leaves_all_zero_weights_at_zero():
+    lp_g, lp_t, mask = ratios([5.0, 6.0], [0.01, 1.0])
+    w, met = importance_weights(lp_g, lp_t, mask, mode="icepop", lo=0.5, hi=2.0, veto=0.1, batch_normalize=True)
+    assert (w == 0).all() and met["is/ess"] == 0.0 and met["is/seq_masked_frac"] == 1.0
+
+
+def test_ess_is_one_for_uniform_weights_and_one_over_n_for_a_single_carrier():
+    lp_g, lp_t, mask = ratios([1.5, 1.5, 1.5, 1.5])
+    assert importance_weights(lp_g, lp_t, mask, mode="icepop")[1]["is/ess"] == pytest.approx(1.0)
+    lp_g, lp_t, mask = ratios([1.5, 0.1, 0.1, 0.1])
+    assert importance_weights(lp_g, lp_t, mask, mode="icepop")[1]["is/ess"] == pytest.approx(0.25)
+
+
+# ---- invariants -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("mode", MODES)
+def test_identical_policies_give_unit_weights_and_full_ess(mode, dtype):
+    lp_g, _, mask = make(dtype=dtype)
     w, met = importance_weights(lp_g, lp_g.clone(), mask, mode=mode)
-    assert (w[mask] == 1).all() and met["is/ess"] == 1.0 and met["is/token_masked_frac"] == 0.0
+    assert (w[mask] == 1).all() and (w[~mask] == 0).all()
+    assert met["is/ess"] == 1.0 and met["is/token_masked_frac"] == 0.0 and met["is/raw_std"] == 0.0
+    assert met["is/frac_high"] == 0.0 and met["is/frac_low"] == 0.0
 
 
-def test_unknown_mode_names_the_valid_choices():
+def test_none_gives_one_on_valid_tokens_whatever_the_mismatch():
+    lp_g, lp_t, mask = make(scale=3.0, extreme=True)
+    w, met = importance_weights(lp_g, lp_t, mask, mode="none")
+    assert (w[mask] == 1).all() and (w[~mask] == 0).all() and met["is/ess"] == 1.0
+    assert met["is/raw_max"] > 1e8                      # the raw ratios are still reported
+
+
+def test_padding_values_outside_the_mask_are_ignored():
+    lp_g, lp_t, mask = make(scale=0.8)
+    for mode in MODES:
+        a = importance_weights(lp_g, lp_t, mask, mode=mode, veto=0.2)
+        b = importance_weights(lp_g.masked_fill(~mask, float("nan")), lp_t.masked_fill(~mask, float("-inf")), mask,
+                               mode=mode, veto=0.2)
+        assert torch.equal(a[0], b[0]) and a[1] == b[1], mode
+
+
+def test_weights_are_detached_even_when_inputs_require_grad():
     lp_g, lp_t, mask = make()
-    with pytest.raises(ValueError, match="valid: none, tis, icepop, seq_tis, seq_mask, geo_mask"):
+    w, _ = importance_weights(lp_g, lp_t.requires_grad_(), mask, mode="tis")
+    assert not w.requires_grad and w.grad_fn is None
+
+
+def test_empty_mask_gives_zero_weights_and_nan_metrics():
+    lp_g, lp_t, mask = make()
+    for mode in MODES:
+        w, met = importance_weights(lp_g, lp_t, torch.zeros_like(mask), mode=mode, veto=0.1, batch_normalize=True)
+        assert (w == 0).all() and list(met) == [f"is/{k}" for k in IS_KEYS]
+        assert all(math.isnan(v) for v in met.values()), mode
+
+
+# ---- bad input ------------------------------------------------------------------------------------
+
+def test_unknown_mode_raises_value_error_naming_it_and_the_valid_choices():
+    lp_g, lp_t, mask = make()
+    with pytest.raises(ValueError, match="'magic'.*valid: none, tis, icepop, seq_tis, seq_mask, geo_mask"):
         importance_weights(lp_g, lp_t, mask, mode="magic")
+
+
+BAD_OPTIONS = [
+    ("zero_cap", dict(mode="tis", cap=0.0), "cap=0.0"),
+    ("inverted_band", dict(mode="icepop", lo=2.0, hi=0.5), "lo=2.0, hi=0.5"),
+    ("negative_veto", dict(mode="tis", veto=-1.0), "veto=-1.0"),
+    ("lower_cap_above_cap", dict(mode="tis", cap=2.0, lower_cap=3.0), "lower_cap=3.0"),
+    ("lower_cap_on_a_non_tis_mode", dict(mode="icepop", lower_cap=0.5), "only to mode 'tis'"),
+]
+
+
+@pytest.mark.parametrize("kw,message", [c[1:] for c in BAD_OPTIONS], ids=[c[0] for c in BAD_OPTIONS])
+def test_bad_options_raise_value_error_naming_the_value(kw, message):
+    lp_g, lp_t, mask = make()
+    with pytest.raises(ValueError, match=message):
+        importance_weights(lp_g, lp_t, mask, **kw)
+
+
+def test_mismatched_shapes_raise_value_error():
+    lp_g, lp_t, mask = make()
+    with pytest.raises(ValueError, match="one \\[B, T\\] shape"):
+        importance_weights(lp_g, lp_t, mask[:, :3])

@@ -1,95 +1,241 @@
-"""Every mismatch/* metric against a direct per-token / per-sequence loop of its DESIGN.md formula."""
+"""Every mismatch/* metric against a direct per-sequence / per-token loop of its DESIGN.md §6 formula.
+
+The reference is written independently of the library: numpy float64 scalars, the formulas
+exactly as §6 writes them (e^x − x − 1, log(½e^a + ½e^b), np.corrcoef), log-ratios clamped to ±20
+where they are exponentiated, per-sequence quantities over sequences with >= 1 valid token."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from bench.rl.mismatch import KEYS, mismatch_metrics
+from bench.rl.mismatch import KEYS, mismatch_metrics, sequence_errors, worst_sequence
+
+C = 20.0
+
+
+def clamp(x):
+    return float(np.clip(x, -C, C))
+
+
+def valid_sequences(lp_g, lp_t, mask):
+    """[(lg array, lt array)] for each sequence with at least one valid token, in float64."""
+    lg, lt, m = lp_g.double().numpy(), lp_t.double().numpy(), mask.numpy()
+    return [(lg[i][m[i]], lt[i][m[i]]) for i in range(len(m)) if m[i].any()]
 
 
 def direct(lp_g, lp_t, mask):
-    """Plain python loops over valid tokens, float64, as written in DESIGN.md §6."""
-    lg, lt, m = lp_g.double().tolist(), lp_t.double().tolist(), mask.tolist()
-    cl = lambda r: max(-20.0, min(20.0, r))
-    toks, seqs = [], []
-    for i in range(len(m)):
-        seq = [(lg[i][j], lt[i][j]) for j in range(len(m[i])) if m[i][j]]
-        toks += seq
-        if seq:
-            seqs.append(seq)
-    rs = [t - g for g, t in toks]
-    mean = lambda xs: sum(xs) / len(xs)
-    pt, pg = [math.exp(t) for _, t in toks], [math.exp(g) for g, _ in toks]
+    seqs = valid_sequences(lp_g, lp_t, mask)
+    tok = [(g, t) for lg, lt in seqs for g, t in zip(lg, lt)]
+    r = np.array([t - g for g, t in tok])
+    rc = np.array([clamp(x) for x in r])
+    pt, pg = np.array([np.exp(t) for _, t in tok]), np.array([np.exp(g) for g, _ in tok])
     js = []
-    for g, t in toks:
-        lm = math.log(0.5 * math.exp(t) + 0.5 * math.exp(g))
-        a, b = cl(lm - t), cl(lm - g)
-        js.append(0.5 * (math.exp(a) - a - 1) + 0.5 * (math.exp(b) - b - 1))
-    d = [mean([g for g, _ in s]) - mean([t for _, t in s]) for s in seqs]
-    seq_err = [mean([math.exp(abs(cl(t - g))) for g, t in s]) for s in seqs]
+    for (g, _), x in zip(tok, rc):
+        t = g + x                                   # the trainer side with r clamped
+        lm = np.log(0.5 * np.exp(t) + 0.5 * np.exp(g))
+        js.append(0.5 * (np.exp(lm - t) - (lm - t) - 1) + 0.5 * (np.exp(lm - g) - (lm - g) - 1))
+    d = np.array([lg.mean() - lt.mean() for lg, lt in seqs])
+    seq_err = np.array([np.mean([np.exp(abs(clamp(t - g))) for g, t in zip(lg, lt)]) for lg, lt in seqs])
+    seq_sum = np.array([clamp(sum(t - g for g, t in zip(lg, lt))) for lg, lt in seqs])
     return {
-        "token_mult_prob_error": mean([math.exp(abs(cl(r))) for r in rs]),
-        "gen_kl_k3": mean([math.exp(cl(r)) - cl(r) - 1 for r in rs]),
-        "policy_kl_k3": mean([math.exp(-cl(r)) + cl(r) - 1 for r in rs]),
-        "kl_k1": mean([g - t for g, t in toks]),
-        "js": mean(js),
-        "logp_abs_diff_mean": mean([abs(r) for r in rs]),
-        "logp_abs_diff_max": max(abs(r) for r in rs),
-        "prob_abs_diff_mean": mean([abs(a - b) for a, b in zip(pt, pg)]),
-        "prob_abs_diff_max": max(abs(a - b) for a, b in zip(pt, pg)),
-        "prob_pearson": float(np.corrcoef(pt, pg)[0, 1]),
-        "chi2_token": mean([math.exp(2 * cl(r)) for r in rs]) - 1,
-        "chi2_seq": mean([math.exp(2 * cl(sum(t - g for g, t in s))) for s in seqs]) - 1,
-        "log_ppl_diff": mean(d),
-        "log_ppl_abs_diff": mean([abs(x) for x in d]),
-        "ppl_ratio": mean([math.exp(x) for x in d]),
-        "seq_mult_prob_error_mean": mean(seq_err),
-        "seq_mult_prob_error_max": max(seq_err),
+        "token_mult_prob_error": np.mean(np.exp(np.abs(rc))),
+        "gen_kl_k3": np.mean(np.exp(rc) - rc - 1),
+        "policy_kl_k3": np.mean(np.exp(-rc) + rc - 1),
+        "kl_k1": np.mean([g - t for g, t in tok]),
+        "js": np.mean(js),
+        "logp_abs_diff_mean": np.mean(np.abs(r)),
+        "logp_abs_diff_max": np.max(np.abs(r)),
+        "prob_abs_diff_mean": np.mean(np.abs(pt - pg)),
+        "prob_abs_diff_max": np.max(np.abs(pt - pg)),
+        "prob_pearson": np.corrcoef(pt, pg)[0, 1],
+        "chi2_token": np.mean(np.exp(rc) ** 2) - 1,
+        "chi2_seq": np.mean(np.exp(2 * seq_sum)) - 1,
+        "log_ppl_diff": np.mean(d),
+        "log_ppl_abs_diff": np.mean(np.abs(d)),
+        "ppl_ratio": np.mean([np.exp(clamp(x)) for x in d]),
+        "seq_mult_prob_error_mean": np.mean(seq_err),
+        "seq_mult_prob_error_max": np.max(seq_err),
     }
 
 
-def make(B=6, T=9, scale=0.3, seed=0, dtype=torch.float32):
+def make(B=7, T=9, scale=0.3, seed=0, dtype=torch.float32, extreme=False):
+    """Ragged masks: sequence 0 has one valid token, sequence 1 none. extreme: |r| up to 50."""
     g = torch.Generator().manual_seed(seed)
-    lp_g = -torch.rand(B, T, generator=g) * 4
-    lp_t = lp_g + scale * torch.randn(B, T, generator=g)
+    lp_g = -torch.rand(B, T, generator=g, dtype=torch.float64) * 4
+    lp_t = (lp_g + scale * torch.randn(B, T, generator=g, dtype=torch.float64)).clamp(max=0)
+    if extreme:
+        lp_t[2, :3] = lp_g[2, :3] - torch.tensor([50.0, 30.0, 21.0])   # trainer says ~impossible
+        lp_g[3, :2] = lp_t[3, :2] - torch.tensor([50.0, 25.0])          # generator says ~impossible
+        lp_t[0, 0] = lp_g[0, 0] - 45.0                                  # one-token sequence: |mean r| > 20
     lengths = torch.randint(1, T + 1, (B,), generator=g)
-    lengths[0], lengths[1] = 1, 0  # a single-token sequence and an empty one
+    lengths[0], lengths[1] = 1, 0
+    lengths[2:4] = T
     mask = torch.arange(T)[None] < lengths[:, None]
-    return lp_g.to(dtype), lp_t.clamp(max=0).to(dtype), mask
+    return lp_g.to(dtype), lp_t.to(dtype), mask
 
 
-CASES = [("small_drift", dict(scale=0.05)), ("large_drift", dict(scale=1.0)), ("extreme_ratios", dict(scale=15.0)),
-         ("bf16_inputs", dict(scale=0.2, dtype=torch.bfloat16)), ("other_seed", dict(scale=0.3, seed=5))]
+CASES = [
+    ("float32_small_drift", dict(scale=0.05)),
+    ("float32_large_drift", dict(scale=1.0)),
+    ("float32_extreme_ratios_hit_the_clamp", dict(scale=1.0, extreme=True)),
+    ("bfloat16_inputs", dict(scale=0.2, dtype=torch.bfloat16)),
+    ("bfloat16_extreme_ratios", dict(scale=0.5, dtype=torch.bfloat16, extreme=True)),
+    ("float64_inputs", dict(scale=0.3, dtype=torch.float64, seed=3)),
+    ("float16_inputs", dict(scale=0.3, dtype=torch.float16, seed=4)),
+    ("long_batch", dict(B=32, T=40, scale=0.4, seed=7)),
+]
 
 
-@pytest.mark.parametrize("name,kw", CASES, ids=[c[0] for c in CASES])
-def test_every_metric_matches_its_direct_formula(name, kw):
+@pytest.mark.parametrize("kw", [c[1] for c in CASES], ids=[c[0] for c in CASES])
+def test_every_metric_matches_its_direct_formula(kw):
     lp_g, lp_t, mask = make(**kw)
     got = mismatch_metrics(lp_g, lp_t, mask)
     ref = direct(lp_g, lp_t, mask)
-    assert set(got) == {f"mismatch/{k}" for k in KEYS}
+    assert list(got) == [f"mismatch/{k}" for k in KEYS] and all(type(v) is float for v in got.values())
     for k in KEYS:
-        assert got[f"mismatch/{k}"] == pytest.approx(ref[k], rel=1e-9, abs=1e-12), k
+        assert got[f"mismatch/{k}"] == pytest.approx(float(ref[k]), rel=1e-9, abs=1e-12), k
+
+
+def test_extreme_ratios_stay_finite_because_log_ratios_are_clamped():
+    lp_g, lp_t, mask = make(scale=1.0, extreme=True)
+    got = mismatch_metrics(lp_g, lp_t, mask)
+    assert all(math.isfinite(v) for v in got.values())
+    assert got["mismatch/logp_abs_diff_max"] == pytest.approx(50.0, rel=1e-6)   # |r| is not clamped
+    assert got["mismatch/chi2_token"] < math.exp(40)                               # ρ² ≤ e^40
 
 
 def test_identical_logprobs_give_the_zero_point_exactly():
-    lp_g, _, mask = make()
+    lp_g, _, mask = make(B=12, T=11, seed=2)
     m = mismatch_metrics(lp_g, lp_g.clone(), mask)
-    assert m["mismatch/token_mult_prob_error"] == 1.0 and m["mismatch/ppl_ratio"] == 1.0
-    for k in ("gen_kl_k3", "policy_kl_k3", "kl_k1", "js", "chi2_token", "chi2_seq", "logp_abs_diff_max"):
-        assert m[f"mismatch/{k}"] == 0.0
-    assert m["mismatch/prob_pearson"] == 1.0
+    for k in ("token_mult_prob_error", "ppl_ratio", "seq_mult_prob_error_mean", "seq_mult_prob_error_max",
+              "prob_pearson"):
+        assert m[f"mismatch/{k}"] == 1.0, k
+    for k in ("gen_kl_k3", "policy_kl_k3", "kl_k1", "js", "chi2_token", "chi2_seq", "logp_abs_diff_mean",
+              "logp_abs_diff_max", "prob_abs_diff_mean", "prob_abs_diff_max", "log_ppl_diff", "log_ppl_abs_diff"):
+        assert m[f"mismatch/{k}"] == 0.0, k
+
+
+def test_k3_keeps_relative_precision_for_a_tiny_mismatch():
+    # r = 1e-7 everywhere: k3 = e^r − r − 1 ≈ r²/2 = 5e-15, below float64's resolution of 1 + r.
+    lp_g = torch.full((3, 4), -1.0, dtype=torch.float64)
+    lp_t = lp_g + 1e-7
+    r = float((lp_t - lp_g)[0, 0])
+    m = mismatch_metrics(lp_g, lp_t, torch.ones(3, 4, dtype=torch.bool))
+    assert m["mismatch/gen_kl_k3"] == pytest.approx(r * r / 2 + r ** 3 / 6, rel=1e-6, abs=0)
+    assert m["mismatch/policy_kl_k3"] == pytest.approx(r * r / 2 - r ** 3 / 6, rel=1e-6, abs=0)
+    assert m["mismatch/js"] == pytest.approx(r * r / 16, rel=1e-5, abs=0)   # JS k3 form: r²/8 per side, halved
+    assert m["mismatch/chi2_token"] == pytest.approx(math.expm1(2 * r), rel=1e-9, abs=0)
+
+
+def test_kls_are_nonnegative_and_k1_has_the_sign_of_the_drift():
+    lp_g, lp_t, mask = make(scale=0.8, seed=9)
+    m = mismatch_metrics(lp_g, lp_t, mask)
+    assert min(m["mismatch/gen_kl_k3"], m["mismatch/policy_kl_k3"], m["mismatch/js"]) > 0
+    m2 = mismatch_metrics(lp_g, lp_g - 0.1, torch.ones_like(mask))   # trainer uniformly lower
+    assert m2["mismatch/kl_k1"] == pytest.approx(0.1, rel=1e-5)
 
 
 def test_padding_values_outside_the_mask_are_ignored():
     lp_g, lp_t, mask = make()
     a = mismatch_metrics(lp_g, lp_t, mask)
-    lp_t2 = lp_t.masked_fill(~mask, float("-inf"))
-    assert mismatch_metrics(lp_g.masked_fill(~mask, float("nan")), lp_t2, mask) == a
+    b = mismatch_metrics(lp_g.masked_fill(~mask, float("nan")), lp_t.masked_fill(~mask, float("-inf")), mask)
+    assert a == b
+
+
+def test_empty_sequences_do_not_count_in_sequence_means():
+    lp_g, lp_t, mask = make(B=5, T=6, seed=1)
+    a = mismatch_metrics(lp_g, lp_t, mask)
+    pad = torch.full((2, 6), 5.0)                       # garbage in rows with no valid token
+    b = mismatch_metrics(torch.cat([lp_g, pad]), torch.cat([lp_t, -pad]), torch.cat([mask, torch.zeros(2, 6, dtype=torch.bool)]))
+    for k in KEYS:
+        assert b[f"mismatch/{k}"] == pytest.approx(a[f"mismatch/{k}"], rel=1e-12, abs=0), k
 
 
 def test_empty_mask_gives_nan_not_an_exception():
     lp_g, lp_t, _ = make()
     out = mismatch_metrics(lp_g, lp_t, torch.zeros_like(lp_g, dtype=torch.bool))
-    assert all(math.isnan(v) for v in out.values())
+    assert list(out) == [f"mismatch/{k}" for k in KEYS] and all(math.isnan(v) for v in out.values())
+
+
+def test_mismatched_shapes_raise_value_error_naming_them():
+    lp_g, lp_t, mask = make()
+    with pytest.raises(ValueError, match=r"\(7, 9\), \(7, 8\), \(7, 9\)"):
+        mismatch_metrics(lp_g, lp_t[:, :8], mask)
+
+
+def test_mask_of_any_truthy_dtype_is_accepted():
+    lp_g, lp_t, mask = make()
+    assert mismatch_metrics(lp_g, lp_t, mask.to(torch.uint8)) == mismatch_metrics(lp_g, lp_t, mask)
+
+
+def test_inputs_that_require_grad_are_not_traced():
+    lp_g, lp_t, mask = make()
+    assert mismatch_metrics(lp_g, lp_t.requires_grad_(), mask) == mismatch_metrics(lp_g, lp_t.detach(), mask)
+
+
+# ---- prob_pearson guards -------------------------------------------------------------------------
+
+PEARSON_CASES = [
+    # name, p_gen row, p_train row, expected (nan = undefined)
+    ("identical_and_constant_is_one", [0.5, 0.5, 0.5], [0.5, 0.5, 0.5], 1.0),
+    ("identical_single_token_is_one", [0.3], [0.3], 1.0),
+    ("differing_single_token_is_nan", [0.3], [0.4], math.nan),
+    ("one_constant_side_is_nan", [0.5, 0.5, 0.5], [0.2, 0.4, 0.6], math.nan),
+    ("both_constant_but_different_is_nan", [0.5, 0.5, 0.5], [0.4, 0.4, 0.4], math.nan),
+    ("scaled_copy_is_one", [0.1, 0.2, 0.4], [0.05, 0.1, 0.2], 1.0),
+    ("reversed_is_minus_one", [0.1, 0.2, 0.3], [0.3, 0.2, 0.1], -1.0),
+]
+
+
+@pytest.mark.parametrize("pg,pt,expected", [c[1:] for c in PEARSON_CASES], ids=[c[0] for c in PEARSON_CASES])
+def test_prob_pearson_guards_zero_variance(pg, pt, expected):
+    lp_g, lp_t = torch.tensor([pg]).double().log(), torch.tensor([pt]).double().log()
+    got = mismatch_metrics(lp_g, lp_t, torch.ones_like(lp_g, dtype=torch.bool))["mismatch/prob_pearson"]
+    if math.isnan(expected):
+        assert math.isnan(got)
+    else:
+        assert got == pytest.approx(expected, abs=1e-12) and -1.0 <= got <= 1.0
+
+
+# ---- worst sequence ------------------------------------------------------------------------------
+
+def direct_seq_err(lp_g, lp_t, mask):
+    lg, lt, m = lp_g.double().numpy(), lp_t.double().numpy(), mask.numpy()
+    return [np.mean([np.exp(abs(clamp(lt[i, j] - lg[i, j]))) for j in range(m.shape[1]) if m[i, j]])
+            if m[i].any() else math.nan for i in range(len(m))]
+
+
+@pytest.mark.parametrize("kw", [c[1] for c in CASES], ids=[c[0] for c in CASES])
+def test_sequence_errors_match_the_direct_per_sequence_mean(kw):
+    lp_g, lp_t, mask = make(**kw)
+    e = sequence_errors(lp_g, lp_t, mask)
+    ref = direct_seq_err(lp_g, lp_t, mask)
+    np.testing.assert_allclose(e["seq_err"].numpy(), ref, rtol=1e-12)   # NaN where empty, on both sides
+    assert e["n_tokens"].tolist() == mask.sum(1).tolist()
+    assert (e["r"][~mask] == 0).all() and (e["token_err"][~mask] == 0).all()
+    valid = [x for x in ref if not math.isnan(x)]
+    m = mismatch_metrics(lp_g, lp_t, mask)
+    assert m["mismatch/seq_mult_prob_error_max"] == pytest.approx(max(valid), rel=1e-12)
+    assert worst_sequence(lp_g, lp_t, mask) == int(np.nanargmax(ref))
+
+
+def test_worst_sequence_ignores_padding_and_empty_rows():
+    lp_g, lp_t, mask = make(seed=5)
+    i = worst_sequence(lp_g, lp_t, mask)
+    lp_g2 = lp_g.masked_fill(~mask, float("nan"))
+    lp_t2 = lp_t.masked_fill(~mask, 100.0)              # huge fake |r| on padding, incl. the empty row
+    assert worst_sequence(lp_g2, lp_t2, mask) == i
+
+
+def test_worst_sequence_finds_a_planted_outlier():
+    lp_g, lp_t, mask = make(B=10, T=8, scale=0.05, seed=6)
+    lp_t[6, 0] = lp_g[6, 0] - 3.0
+    mask[6] = True
+    assert worst_sequence(lp_g, lp_t, mask) == 6
+
+
+def test_worst_sequence_on_an_empty_mask_raises_value_error():
+    lp_g, lp_t, mask = make()
+    with pytest.raises(ValueError, match="no valid token"):
+        worst_sequence(lp_g, lp_t, torch.zeros_like(mask))

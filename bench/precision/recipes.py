@@ -1,38 +1,62 @@
 """FP8 recipe definitions (DESIGN.md §5): the knobs, and the named defaults.
 
 | name           | scaling    | granularity                                  | fwd / grad  |
+|----------------|------------|----------------------------------------------|-------------|
 | fp8_delayed    | delayed    | per tensor, scale from an amax history       | E4M3 / E5M2 |
 | fp8_tensorwise | tensorwise | per tensor, this tensor's amax               | E4M3 / E5M2 |
 | fp8_rowwise    | rowwise    | per row along the GEMM's reduction dim, 2^k  | E4M3 / E4M3 |
 | fp8_blockwise  | blockwise  | 1x128 activation/grad tiles, 128x128 weights | E4M3 / E4M3 |
 | mxfp8          | mx         | 1x32 blocks, E8M0 (power-of-two) scale       | E4M3 / E4M3 |
-Finer granularity isolates outliers (one large value only coarsens its own row/tile), which is
-why the fine-grained recipes can afford E4M3 for gradients too.
+
+Finer granularity isolates outliers: one large value only coarsens its own row/tile instead of
+the whole tensor, which is why the fine-grained recipes can afford E4M3 (more precision, less
+range) for gradients too. The price is more scales to compute and carry through the GEMM.
+Why 1x128 for activations but 128x128 for weights (DeepSeek-V3): activation outliers live in
+individual tokens (rows), so a tile must not span rows; weights are smoother, and a square block
+is the same block in W and Wᵀ, so the weight is quantized once and serves forward and dgrad.
 """
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+SCALINGS = ("delayed", "tensorwise", "rowwise", "blockwise", "mx")
+ROLES = ("input", "weight", "grad_output")
+_CHOICES = {"scaling": SCALINGS, "fwd_format": ("e4m3", "e5m2"), "grad_format": ("e4m3", "e5m2"),
+            "amax_compute_algo": ("max", "most_recent"), "mx_scale_rounding": ("floor", "rceil")}
+_POSITIVE = ("amax_history_len", "act_block", "weight_block", "mx_block")
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True)  # frozen: the named defaults in RECIPES can never be mutated by a caller
 class Recipe:
     name: str
-    scaling: str                    # delayed | tensorwise | rowwise | blockwise | mx
-    fwd_format: str = "e4m3"        # input and weight casts
-    grad_format: str = "e4m3"       # grad_output casts
-    amax_history_len: int = 16      # delayed
-    amax_compute_algo: str = "max"  # delayed: max | most_recent
-    margin: int = 0                 # delayed: scale divided by 2^margin (headroom)
-    pow2_scales: bool = False       # round scales down to a power of two (exact rescaling)
-    act_block: int = 128            # blockwise: 1 x act_block tiles for inputs and grads
-    weight_block: int = 128         # blockwise: weight_block x weight_block weight blocks
-    mx_block: int = 32              # mx: 1 x mx_block blocks
-    mx_scale_rounding: str = "floor"  # mx: floor (OCP MX v1.0) | rceil
-    fast_accum: bool = True         # GPU forward GEMM only
-    eps: float = 1e-12              # amax floor in s = max / max(amax, eps)
+    scaling: str                      # delayed | tensorwise | rowwise | blockwise | mx
+    fwd_format: str = "e4m3"          # input and weight casts
+    grad_format: str = "e4m3"         # grad_output casts
+    amax_history_len: int = 16        # delayed: window of past amaxes
+    amax_compute_algo: str = "max"    # delayed: max over the window | most_recent entry
+    margin: int = 0                   # delayed: scale divided by 2^margin (headroom for growth)
+    pow2_scales: bool = False         # round scales down to 2^k (rowwise always does)
+    act_block: int = 128              # blockwise: 1 x act_block tiles for inputs and grads
+    weight_block: int = 128           # blockwise: weight_block x weight_block weight blocks
+    mx_block: int = 32                # mx: 1 x mx_block blocks along the reduction dim
+    mx_scale_rounding: str = "floor"  # mx: floor (OCP MX v1.0) | rceil (never saturates)
+    fast_accum: bool = True           # CUDA forward GEMM only: fp8 tensor-core fast accumulation
+    eps: float = 1e-12                # amax floor in s = max / max(amax, eps): s stays finite
+
+    def __post_init__(self):
+        for k, valid in _CHOICES.items():
+            if getattr(self, k) not in valid:
+                raise ValueError(f"precision.{k}={getattr(self, k)!r} for {self.name}; valid: {', '.join(valid)}")
+        for k in _POSITIVE:
+            if int(getattr(self, k)) <= 0:
+                raise ValueError(f"precision.{k}={getattr(self, k)} for {self.name} must be a positive integer")
+        if not self.eps > 0:
+            raise ValueError(f"precision.eps={self.eps} for {self.name} must be > 0")
 
     def format_for(self, role: str) -> str:
+        """grad_output casts use grad_format; input and weight casts use fwd_format."""
         return self.grad_format if role == "grad_output" else self.fwd_format
 
     @property
@@ -41,45 +65,74 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
-    Recipe("fp8_delayed", "delayed", "e4m3", "e5m2"),
+    Recipe("fp8_delayed", "delayed", "e4m3", "e5m2", amax_history_len=16, amax_compute_algo="max", margin=0),
     Recipe("fp8_tensorwise", "tensorwise", "e4m3", "e5m2"),
     Recipe("fp8_rowwise", "rowwise", "e4m3", "e4m3", pow2_scales=True),
-    Recipe("fp8_blockwise", "blockwise", "e4m3", "e4m3"),
-    Recipe("mxfp8", "mx", "e4m3", "e4m3"),
+    Recipe("fp8_blockwise", "blockwise", "e4m3", "e4m3", act_block=128, weight_block=128, pow2_scales=False),
+    Recipe("mxfp8", "mx", "e4m3", "e4m3", mx_block=32, mx_scale_rounding="floor"),
 )}
-_CHOICES = {"scaling": ("delayed", "tensorwise", "rowwise", "blockwise", "mx"), "fwd_format": ("e4m3", "e5m2"),
-            "grad_format": ("e4m3", "e5m2"), "amax_compute_algo": ("max", "most_recent"),
-            "mx_scale_rounding": ("floor", "rceil")}
+
+_TYPES = {f.name: f.type for f in dataclasses.fields(Recipe)}
+
+
+def _coerce(name: str, key: str, value):
+    """Config values arrive from YAML/CLI overrides; accept ints for floats and vice versa where
+    lossless, reject anything else with the recipe's error format."""
+    t = _TYPES[key]
+    try:
+        if t == "bool":
+            if isinstance(value, bool):
+                return value
+            raise TypeError
+        if t == "int":
+            if isinstance(value, bool) or int(value) != value:
+                raise TypeError
+            return int(value)
+        if t == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"precision.{key}={value!r} for {name} is not a valid {t}") from None
 
 
 def get_recipe(spec) -> Recipe:
-    """A Recipe from a name, a Recipe, or a mapping (a Hydra precision config): the mapping's
-    fields override the named default; keys that are not recipe fields (engine, ...) are ignored."""
+    """A Recipe from a name, a Recipe, or a mapping (a Hydra precision config, dict or DictConfig).
+
+    A mapping's `name` picks the named default and its other recipe fields override it; keys that
+    are not recipe fields (engine, keep_high_precision, ...) are ignored. Unknown names and bad
+    values raise ValueError naming the value and the valid choices."""
     if isinstance(spec, Recipe):
         return spec
     fields = {}
     if isinstance(spec, str):
         name = spec
-    else:
-        spec = dict(spec)
+    elif isinstance(spec, Mapping):
         name = spec.get("name")
-        fields = {k: v for k, v in spec.items() if k in Recipe.__dataclass_fields__ and k != "name"}
+        if name is None:
+            raise ValueError(f"precision config has no name; valid: {', '.join(RECIPES)}")
+        fields = {k: _coerce(name, k, spec[k]) for k in spec if k in _TYPES and k != "name"}
+    else:
+        raise ValueError(f"FP8 recipe must be a name, a Recipe or a mapping, got {type(spec).__name__}; "
+                         f"valid names: {', '.join(RECIPES)}")
     if name not in RECIPES:
         raise ValueError(f"unknown FP8 recipe {name!r}; valid: {', '.join(RECIPES)}")
-    for k, valid in _CHOICES.items():
-        if k in fields and fields[k] not in valid:
-            raise ValueError(f"precision.{k}={fields[k]!r} for {name}; valid: {', '.join(valid)}")
-    for k in ("amax_history_len", "act_block", "weight_block", "mx_block"):
-        if k in fields and int(fields[k]) <= 0:
-            raise ValueError(f"precision.{k}={fields[k]} must be positive")
     return dataclasses.replace(RECIPES[name], **fields)
 
 
-def validate_shape(recipe: Recipe, out_features: int, in_features: int) -> str | None:
-    """Why a Linear [out, in] cannot run this recipe, or None. FP8 GEMMs need both dims to be
-    multiples of 16; MX blocks must tile both dims (each is a reduction dim in some GEMM)."""
-    if in_features % 16 or out_features % 16:
-        return "FP8 GEMMs need in_features and out_features divisible by 16"
-    if recipe.scaling == "mx" and (in_features % recipe.mx_block or out_features % recipe.mx_block):
-        return f"MX needs in_features and out_features divisible by mx_block={recipe.mx_block}"
+def validate_shape(recipe, out_features: int, in_features: int) -> str | None:
+    """Why a Linear [out_features, in_features] cannot run this recipe, or None if it can.
+
+    Every FP8 recipe: both dims divisible by 16 (FP8 tensor-core GEMM operand alignment; each
+    dim is the reduction dim of some GEMM: K in forward and wgrad's output, N in dgrad).
+    mxfp8: both dims divisible by mx_block, so every MX block along a reduction dim is full (the
+    hardware block-scaled GEMMs have no partial blocks). The token dim M is padded by the engines
+    and not checked here."""
+    r = get_recipe(recipe)
+    bad = [f"{n}={v}" for n, v in (("in_features", in_features), ("out_features", out_features)) if v % 16]
+    if bad:
+        return f"FP8 GEMMs need in_features and out_features divisible by 16 ({', '.join(bad)})"
+    if r.scaling == "mx":
+        bad = [f"{n}={v}" for n, v in (("in_features", in_features), ("out_features", out_features)) if v % r.mx_block]
+        if bad:
+            return f"{r.name} needs in_features and out_features divisible by mx_block={r.mx_block} ({', '.join(bad)})"
     return None

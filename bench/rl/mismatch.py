@@ -1,22 +1,43 @@
 """Trainer vs generator disagreement on the tokens the generator sampled (DESIGN.md §6).
 
-lp_g: the log-prob the generator reported for each sampled token (its own engine, precision,
-KV cache); lp_t: the log-prob the trainer recomputes for the same token. r = lp_t − lp_g and
-ρ = exp(r) = p_t / p_g is the per-token importance ratio. With identical numerics r ≡ 0.
+lp_g is the log-prob the generator reported for each sampled token (its own engine, precision,
+KV cache); lp_t is the log-prob the trainer recomputes for the same token. r = lp_t − lp_g and
+ρ = exp(r) = p_t / p_g is the per-token importance ratio. With identical numerics r ≡ 0 and every
+metric sits exactly at its zero point (token_mult_prob_error = ppl_ratio = 1, the rest 0).
 
-Why several metrics: token_mult_prob_error (mean exp|r|) is the headline (1.0 = identical) and
-is symmetric; the k3 estimators are unbiased, non-negative KL estimates from samples of p_g
-(gen_kl_k3 ≈ KL(p_g‖p_t)) or as if from p_t (policy_kl_k3); chi² ties directly to the variance of
-IS weights (chi2 = E[ρ²] − 1 = Var(ρ) when E[ρ] = 1) and so to how much IS correction costs;
-sequence-level quantities show how per-token drift compounds over a response.
+Why several metrics:
+  token_mult_prob_error  mean exp(|r|): the headline. Symmetric, 1.0 = identical, and 1 + x reads
+                         as "the two sides disagree by a factor of about 1 + x per token".
+  k3 estimators          the tokens were sampled from p_g, so KL(p_g‖p_t) = E_g[−r] could be
+                         estimated by mean(−r) (k1: kl_k1), but k1 is noisy and can go negative.
+                         k3 = ρ − 1 − r = E_g[ρ] − 1 − E_g[r] adds the zero-mean control variate
+                         ρ − 1 (E_g[ρ] = 1), giving an unbiased, always ≥ 0, low-variance estimate
+                         (gen_kl_k3). policy_kl_k3 is the mirror form e^−r − 1 + r, as if the
+                         samples came from p_t. js applies the same form to the mixture m.
+  chi²                   E[ρ²] − 1 = Var(ρ) when E[ρ] = 1: exactly how much variance an unclipped
+                         importance-sampling correction would add, per token and per sequence.
+  sequence quantities    how per-token drift compounds over a response (Σ_t r grows with length).
 
-All math runs in float64 on the valid tokens only; r is clamped to ±20 wherever it is
-exponentiated (exp(20) ≈ 5e8 keeps ratios finite while leaving any realistic mismatch intact).
-Empty masks give NaN for every metric (there is nothing to measure), never an exception.
+Numerics. Everything runs in float64 on the valid tokens only (padding may hold −inf or NaN and
+is zeroed before use). Every log-ratio (r, Σ_t r, a mean difference of log-probs, lm − lp) is
+clamped to ±CLAMP = ±20 before it is exponentiated: exp(20) ≈ 5e8 leaves any realistic
+mismatch intact, while one broken token (|r| of 50 after an FP8 overflow) can no longer make a
+batch mean inf. |r| itself and kl_k1 are reported unclamped — they are never exponentiated.
+The k3 terms e^x − x − 1 are computed as expm1(x) − x: for a tiny mismatch (x ≈ 1e-7, k3 ≈ 5e-15)
+the naive form cancels to rounding noise, expm1 keeps full relative precision, and x = 0 gives
+exactly 0. All results are computed on device and read back with a single host sync.
+
+Edge cases. An all-empty mask gives NaN for every metric (a mean over nothing; never an
+exception). Per-sequence quantities use only sequences with at least one valid token.
+prob_pearson is 1.0 when the two probability vectors are identical (constant or not), and NaN
+when they differ but either side has zero variance (correlation undefined, e.g. one valid token).
 """
 from __future__ import annotations
 
+import math
+
 import torch
+from torch import Tensor
 
 CLAMP = 20.0
 KEYS = ("token_mult_prob_error", "gen_kl_k3", "policy_kl_k3", "kl_k1", "js", "logp_abs_diff_mean",
@@ -25,66 +46,118 @@ KEYS = ("token_mult_prob_error", "gen_kl_k3", "policy_kl_k3", "kl_k1", "js", "lo
         "seq_mult_prob_error_max")
 
 
-def _mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    return (x * m).sum() / m.sum()
-
-
-def mismatch_metrics(lp_gen: torch.Tensor, lp_train: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-    """Every `mismatch/*` metric of DESIGN.md §6 as python floats. Inputs [B, T]; mask bool."""
+def prepare(lp_gen: Tensor, lp_train: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Check shapes; return detached float64 (lp_gen, lp_train) with padding set to 0, and the bool
+    mask. Zeroed padding makes r = 0 there, so plain sums over a row are sums over valid tokens."""
+    if lp_gen.dim() != 2 or lp_gen.shape != lp_train.shape or lp_gen.shape != mask.shape:
+        raise ValueError(f"lp_gen, lp_train and mask must share one [B, T] shape; got "
+                         f"{tuple(lp_gen.shape)}, {tuple(lp_train.shape)}, {tuple(mask.shape)}")
     m = mask.bool()
-    if not m.any():
-        return {f"mismatch/{k}": float("nan") for k in KEYS}
-    lg, lt = lp_gen.detach().double(), lp_train.detach().double()
-    lg, lt = torch.where(m, lg, 0.0), torch.where(m, lt, 0.0)  # padding may hold -inf/NaN
+    lg = torch.where(m, lp_gen.detach().double(), 0.0)
+    lt = torch.where(m, lp_train.detach().double(), 0.0)
+    return lg, lt, m
+
+
+def _k3(x: Tensor) -> Tensor:
+    """e^x − x − 1 ≥ 0, without the cancellation of the naive form near x = 0."""
+    return torch.expm1(x) - x
+
+
+def _clamp(x: Tensor) -> Tensor:
+    return x.clamp(-CLAMP, CLAMP)
+
+
+def mismatch_metrics(lp_gen: Tensor, lp_train: Tensor, mask: Tensor) -> dict[str, float]:
+    """Every `mismatch/*` metric of DESIGN.md §6 as python floats. lp_gen, lp_train: [B, T] float
+    (any float dtype); mask: [B, T] bool, True on valid response tokens."""
+    lg, lt, m = prepare(lp_gen, lp_train, mask)
+    if not bool(m.any()):
+        return {f"mismatch/{k}": math.nan for k in KEYS}
     mf = m.double()
+    n_tok = mf.sum()
+
+    def mean(x: Tensor) -> Tensor:          # over valid tokens
+        return (x * mf).sum() / n_tok
+
+    def vmax(x: Tensor) -> Tensor:
+        return torch.where(m, x, -math.inf).max()
+
     r = lt - lg
-    rc = r.clamp(-CLAMP, CLAMP)
+    rc = _clamp(r)
+    pt, pg = torch.exp(lt), torch.exp(lg)
+    # JS against the mixture lm = log(½p_t + ½p_g): lm − lp_t = log(½ + ½e^−r) = log1p(½·expm1(−r)),
+    # the §6 formula rewritten so that r = 0 gives exactly 0. With r clamped, d ∈ [−log 2, 20).
+    d_t = torch.log1p(0.5 * torch.expm1(-rc))
+    d_g = torch.log1p(0.5 * torch.expm1(rc))
     out = {
-        "token_mult_prob_error": _mean(torch.exp(rc.abs()), mf),
-        "gen_kl_k3": _mean(torch.exp(rc) - rc - 1, mf),
-        "policy_kl_k3": _mean(torch.exp(-rc) + rc - 1, mf),
-        "kl_k1": _mean(lg - lt, mf),
-        "logp_abs_diff_mean": _mean(r.abs(), mf),
-        "logp_abs_diff_max": r.abs()[m].max(),
-        "chi2_token": _mean(torch.exp(2 * rc), mf) - 1,
+        "token_mult_prob_error": mean(torch.exp(rc.abs())),
+        "gen_kl_k3": mean(_k3(rc)),
+        "policy_kl_k3": mean(_k3(-rc)),
+        "kl_k1": mean(lg - lt),
+        "js": 0.5 * mean(_k3(d_t)) + 0.5 * mean(_k3(d_g)),
+        "logp_abs_diff_mean": mean(r.abs()),
+        "logp_abs_diff_max": vmax(r.abs()),
+        "prob_abs_diff_mean": mean((pt - pg).abs()),
+        "prob_abs_diff_max": vmax((pt - pg).abs()),
+        "prob_pearson": _pearson(pt, pg, m, mean),
+        "chi2_token": mean(torch.expm1(2 * rc)),       # mean(ρ²) − 1, exact 0 at r = 0
     }
-    # Jensen-Shannon (k3 form) against the mixture lm = log(½p_t + ½p_g), per token.
-    lm = torch.logaddexp(lt, lg) - torch.log(torch.tensor(2.0, dtype=torch.float64))
-    dt, dg = (lm - lt).clamp(-CLAMP, CLAMP), (lm - lg).clamp(-CLAMP, CLAMP)
-    out["js"] = 0.5 * _mean(torch.exp(dt) - dt - 1, mf) + 0.5 * _mean(torch.exp(dg) - dg - 1, mf)
-    pt, pg = torch.exp(lt[m]), torch.exp(lg[m])
-    out["prob_abs_diff_mean"] = (pt - pg).abs().mean()
-    out["prob_abs_diff_max"] = (pt - pg).abs().max()
-    out["prob_pearson"] = _pearson(pt, pg)
-    # Per sequence (sequences with at least one valid token).
+    # Per sequence, over sequences holding at least one valid token.
     n = mf.sum(1)
     has = n > 0
-    n, mfs, rs, lgs, lts = n[has], mf[has], r[has], lg[has], lt[has]
-    seq_sum = (rs * mfs).sum(1).clamp(-CLAMP, CLAMP)
-    out["chi2_seq"] = torch.exp(2 * seq_sum).mean() - 1
-    d = (lgs * mfs).sum(1) / n - (lts * mfs).sum(1) / n  # mean_t lp_g − mean_t lp_t
-    out["log_ppl_diff"] = d.mean()
-    out["log_ppl_abs_diff"] = d.abs().mean()
-    out["ppl_ratio"] = torch.exp(d.clamp(-CLAMP, CLAMP)).mean()
-    seq_err = (torch.exp(rs.clamp(-CLAMP, CLAMP).abs()) * mfs).sum(1) / n
-    out["seq_mult_prob_error_mean"] = seq_err.mean()
-    out["seq_mult_prob_error_max"] = seq_err.max()
-    return {f"mismatch/{k}": float(out[k]) for k in KEYS}
+    hf = has.double()
+
+    def smean(x: Tensor) -> Tensor:
+        return (torch.where(has, x, 0.0) * hf).sum() / hf.sum()
+
+    seq_r = r.sum(1)                                   # Σ_t r (padding contributes 0)
+    d = -seq_r / n.clamp(min=1)                        # mean_t lp_g − mean_t lp_t
+    seq_err = (torch.exp(rc.abs()) * mf).sum(1) / n.clamp(min=1)
+    out.update({
+        "chi2_seq": smean(torch.expm1(2 * _clamp(seq_r))),
+        "log_ppl_diff": smean(d),
+        "log_ppl_abs_diff": smean(d.abs()),
+        "ppl_ratio": smean(torch.exp(_clamp(d))),
+        "seq_mult_prob_error_mean": smean(seq_err),
+        "seq_mult_prob_error_max": torch.where(has, seq_err, -math.inf).max(),
+    })
+    values = torch.stack([out[k] for k in KEYS]).tolist()   # one host sync for all metrics
+    return {f"mismatch/{k}": v for k, v in zip(KEYS, values)}
 
 
-def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation; 1.0 when both sides are identical constants, NaN for one constant
-    side (undefined), so identical inputs always read as perfect agreement."""
-    if torch.equal(a, b):
-        return torch.tensor(1.0, dtype=torch.float64)
-    da, db = a - a.mean(), b - b.mean()
-    den = torch.sqrt((da * da).sum() * (db * db).sum())
-    return (da * db).sum() / den if den > 0 else torch.tensor(float("nan"), dtype=torch.float64)
+def _pearson(a: Tensor, b: Tensor, m: Tensor, mean) -> Tensor:
+    """Pearson correlation of a and b over the valid tokens. 1.0 when they are identical (even if
+    constant, where the formula is 0/0); NaN when they differ but one side has zero variance."""
+    da, db = torch.where(m, a - mean(a), 0.0), torch.where(m, b - mean(b), 0.0)
+    # sqrt of each variance separately: their product can underflow for near-constant vectors.
+    den = (da * da).sum().sqrt() * (db * db).sum().sqrt()
+    corr = ((da * db).sum() / den).clamp(-1.0, 1.0)    # rounding can overshoot ±1 by an ulp
+    identical = ~((a != b) & m).any()
+    nan = torch.full_like(corr, math.nan)
+    return torch.where(identical, torch.ones_like(corr), torch.where(den > 0, corr, nan))
 
 
-def worst_sequence(lp_gen: torch.Tensor, lp_train: torch.Tensor, mask: torch.Tensor) -> int:
-    """Index of the sequence with the largest mean exp(|r|) over its valid tokens."""
-    m = mask.double()
-    r = (lp_train.double() - lp_gen.double()).clamp(-CLAMP, CLAMP)
-    per_seq = (torch.exp(r.abs()) * m).sum(1) / m.sum(1).clamp(min=1)
-    return int(per_seq.argmax())
+def sequence_errors(lp_gen: Tensor, lp_train: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """Per-token and per-sequence tensors behind the worst-sequence plot (float64, input device):
+      r          [B, T]  lp_t − lp_g, 0 outside the mask, unclamped (what the plot draws)
+      token_err  [B, T]  exp(|r|) with r clamped to ±20, 0 outside the mask
+      seq_err    [B]     mean of token_err over the sequence's valid tokens; NaN for none
+      n_tokens   [B]     valid tokens per sequence
+    seq_err's mean / max over non-empty sequences are mismatch/seq_mult_prob_error_mean / _max."""
+    lg, lt, m = prepare(lp_gen, lp_train, mask)
+    r = lt - lg
+    token_err = torch.where(m, torch.exp(_clamp(r).abs()), 0.0)
+    n = m.sum(1)
+    seq_err = torch.where(n > 0, token_err.sum(1) / n.clamp(min=1), math.nan)
+    return {"r": r, "token_err": token_err, "seq_err": seq_err, "n_tokens": n}
+
+
+def worst_sequence(lp_gen: Tensor, lp_train: Tensor, mask: Tensor) -> int:
+    """Index of the sequence with the largest mean exp(|r|) over its valid tokens. Sequences with
+    no valid token are never chosen; an all-empty mask raises ValueError (nothing to show). A
+    sequence whose valid tokens hold NaN log-probs ranks as the worst (argmax treats NaN as max)."""
+    e = sequence_errors(lp_gen, lp_train, mask)
+    has = e["n_tokens"] > 0
+    if not bool(has.any()):
+        raise ValueError("worst_sequence: the mask has no valid token")
+    return int(torch.where(has, e["seq_err"], -math.inf).argmax())
