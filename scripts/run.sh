@@ -24,7 +24,7 @@ $py -m recipes.grpo -m '+matrix=glob(*)' "hydra.sweep.dir=$out/runs" hydra/launc
 $py -m bench.cli compare "$out/runs" -o "$out"
 set +e
 $py -m bench.cli gate --baseline "$(ls -d "$out"/runs/*matrix=bf16-bf16*)" --rules conf/gate/grpo.yaml \
-    --junit "$out/gate.xml" --markdown "$out/gate.md" "$out"/runs/*
+    --junit "$out/gate.xml" --markdown "$out/gate.md" "$out/runs"
 verdict=$?
 set -e
 echo

@@ -43,3 +43,12 @@ def test_fp8_precision_files_are_valid_recipes(name):
     cfg = compose_cfg("pretrain", [f"precision={name}"])
     if is_fp8(name):
         assert get_recipe(cfg.precision).name == name
+
+
+@pytest.mark.parametrize("launcher", ["local_parallel", "slurm", "slurm_local"])
+def test_launcher_configs_compose(launcher):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="grpo", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert "_target_" in cfg.hydra.launcher

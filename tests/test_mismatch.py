@@ -124,7 +124,7 @@ def test_k3_keeps_relative_precision_for_a_tiny_mismatch():
     m = mismatch_metrics(lp_g, lp_t, torch.ones(3, 4, dtype=torch.bool))
     assert m["mismatch/gen_kl_k3"] == pytest.approx(r * r / 2 + r ** 3 / 6, rel=1e-6, abs=0)
     assert m["mismatch/policy_kl_k3"] == pytest.approx(r * r / 2 - r ** 3 / 6, rel=1e-6, abs=0)
-    assert m["mismatch/js"] == pytest.approx(r * r / 16, rel=1e-5, abs=0)   # JS k3 form: r²/8 per side, halved
+    assert m["mismatch/js"] == pytest.approx(r * r / 8, rel=1e-5, abs=0)   # each side ≈ (r/2)²/2, averaged
     assert m["mismatch/chi2_token"] == pytest.approx(math.expm1(2 * r), rel=1e-9, abs=0)
 
 

@@ -61,3 +61,12 @@ def test_corrupted_checkpoint_is_refused_with_one_line(tmp_path):
     r = run_cli(["-m", "recipes.pretrain", "steps=8", "eval_every=4", *TINY, f"run_dir={d}", "resume=true"])
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and "corrupted or truncated" in r.stderr
+
+
+def test_slurm_launcher_code_path_runs_through_submitits_local_executor(tmp_path):
+    sweep = tmp_path / "sweep"
+    r = run_cli(["-m", "recipes.pretrain", "-m", "hydra/launcher=slurm_local", "seed=3", "steps=3", "eval_every=3",
+                 *TINY, f"hydra.sweep.dir={sweep}"], timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (summary,) = sweep.rglob("summary.json")
+    assert json.loads(summary.read_text())["status"] == "completed"
