@@ -26,7 +26,7 @@ from bench.numerics.policy import InstabilityPolicy
 from bench.precision.engines import apply_precision, plan_precision
 from bench.recipe_utils import check_overrides, print_precision_state
 from bench.rl.grpo import GRPOConfig, entropy_from_logits, group_advantages, policy_loss
-from bench.rl.importance import IS_MODES, importance_weights
+from bench.rl.importance import check_options, importance_weights
 from bench.rl.mismatch import mismatch_metrics
 from bench.rl.plots import plot_worst_sequence
 from bench.rl.warmstart import load_policy_weights, supervised_warmup
@@ -41,8 +41,11 @@ def build(s: Session):
     g = typed(GRPOConfig, cfg.grpo, "grpo")
     if (reason := g.validate()) is not None:
         raise BadInput(reason)
-    if cfg.is_correction.mode not in IS_MODES:
-        raise BadInput(f"is_correction.mode={cfg.is_correction.mode!r}; valid: {', '.join(IS_MODES)}")
+    isc = cfg.is_correction
+    try:
+        check_options(isc.mode, isc.cap, isc.lo, isc.hi, isc.veto, isc.get("lower_cap"))
+    except ValueError as e:
+        raise BadInput(f"is_correction: {e}") from None
     if s.task.prompt_len == 0:
         raise BadInput(f"task={s.task.name} has no prompts or verifiable reward; valid for grpo: addition, reversal")
     torch.manual_seed(cfg.seed)
@@ -116,7 +119,8 @@ def train(s: Session) -> int:
             lp_gen = ro.logprobs_untruncated
             mm = mismatch_metrics(lp_gen, lp_old, mask)
             w, is_metrics = importance_weights(lp_gen, lp_old, mask, mode=isc.mode, cap=isc.cap, lo=isc.lo,
-                                               hi=isc.hi, veto=isc.veto, batch_normalize=isc.batch_normalize)
+                                               hi=isc.hi, veto=isc.veto, batch_normalize=isc.batch_normalize,
+                                               lower_cap=isc.get("lower_cap"))
             if mm["mismatch/token_mult_prob_error"] > cfg.mismatch_spike_threshold:
                 png = plot_worst_sequence(lp_gen, lp_old, mask, s.run_dir / f"mismatch_step{step:05d}.png", step)
                 s.event(step, "mismatch_spike", png.name, mm["mismatch/token_mult_prob_error"],

@@ -139,7 +139,8 @@ def close(w, expected):
 def ratios(*rows):
     """lp_g = 0 and lp_t = log ρ for rows of ratios (None = padding)."""
     T = max(len(r) for r in rows)
-    rho = torch.tensor([[x if x is not None else 1.0 for x in r] + [1.0] * (T - len(r)) for r in rows], dtype=torch.float64)
+    rho = torch.tensor([[1.0 if x is None else x for x in r] + [1.0] * (T - len(r)) for r in rows],
+                       dtype=torch.float64)
     mask = torch.tensor([[x is not None for x in r] + [False] * (T - len(r)) for r in rows])
     return torch.zeros_like(rho), rho.log(), mask
 

@@ -147,7 +147,8 @@ def test_empty_sequences_do_not_count_in_sequence_means():
     lp_g, lp_t, mask = make(B=5, T=6, seed=1)
     a = mismatch_metrics(lp_g, lp_t, mask)
     pad = torch.full((2, 6), 5.0)                       # garbage in rows with no valid token
-    b = mismatch_metrics(torch.cat([lp_g, pad]), torch.cat([lp_t, -pad]), torch.cat([mask, torch.zeros(2, 6, dtype=torch.bool)]))
+    empty = torch.zeros(2, 6, dtype=torch.bool)
+    b = mismatch_metrics(torch.cat([lp_g, pad]), torch.cat([lp_t, -pad]), torch.cat([mask, empty]))
     for k in KEYS:
         assert b[f"mismatch/{k}"] == pytest.approx(a[f"mismatch/{k}"], rel=1e-12, abs=0), k
 

@@ -1,140 +1,182 @@
-"""The reference FP8 linear: y = x Wᵀ with the recipe's casts on all three GEMMs.
+"""The reference FP8 linear: y = x Wᵀ (+ b) with the recipe's casts on all three GEMMs.
 
-  forward  y  = x  · Wᵀ   reduces over K: x [M,K] (role input) and W [N,K] (role weight),
-                          both tiled along K, fwd format (E4M3)
-  dgrad    dx = dy · W    reduces over N: dy [M,N] (role grad_output, grad format) and
-                          Wᵀ [K,N], both along N
-  wgrad    dW = dyᵀ · x   reduces over M (tokens): dyᵀ [N,M] and xᵀ [K,M], both along M
-A scale must be constant along the reduction dim of its GEMM, or the dequantisation would not
-factor out of the dot product. Per-tensor scales are constant along every dim, so the forward's
-quantized x and W are reused transposed in backward (what TE and torchao tensorwise do). Row-,
-tile- and block-wise scales are not, so each backward GEMM re-quantizes its operands along its
-own reduction dim from the high-precision tensors saved in forward (torchao rowwise, TE
-blockwise). The one exception is the 128x128 weight block: square, so Wᵀ's blocks are W's.
-
-GEMMs go through torch._scaled_mm (fp8 x fp8 -> fp32 with dequantisation scales 1/s) whenever
-both operands carry per-tensor scales and the shapes allow it; otherwise the dequantized
-operands are multiplied in fp32, which is what a scaled GEMM computes up to accumulation order.
-Delayed-scaling histories update only in training forwards/backwards with grad enabled, so
-evaluation and no-grad recomputes never move them.
+  forward  y  = x  · Wᵀ   reduces over K: x [M,K] (role input) and W [N,K] (role weight), both
+                          quantized along K in the forward format (E4M3)
+  dgrad    dx = dy · W    reduces over N: dy [M,N] (role grad_output, grad format) and Wᵀ [K,N]
+                          (role weight), both along N
+  wgrad    dW = dyᵀ · x   reduces over M (tokens): dyᵀ [N,M] (grad_output) and xᵀ [K,M] (input),
+                          both along M
+A scale must be constant along its GEMM's reduction dim (within a tile), or 1/s would not factor
+out of the dot products: Σ_k (q_a[k]/s_a)(q_b[k]/s_b) = (1/(s_a s_b)) Σ_k q_a[k] q_b[k] needs
+s_a, s_b independent of k. Hence:
+  * per-tensor scales (tensorwise, delayed) are constant along every dim, so the fp8 x and W
+    from forward are reused transposed in backward, and dy is quantized once for both backward
+    GEMMs. Only the fp8 data and the scalar scales are saved: the activation memory saving that
+    Transformer Engine and torchao tensorwise get from FP8.
+  * row-, tile- and MX-scaled operands are not: x quantized with 1x128 tiles along K has scales
+    that vary along M, the reduction dim of wgrad. So each backward GEMM re-quantizes its
+    operands along its own reduction dim from the high-precision x and W saved in forward
+    (what torchao rowwise, TE blockwise/MXFP8 and DeepSeek-V3 do; re-quantizing the fp8 copy
+    instead would stack a second rounding on the first). The 128x128 weight block is square,
+    so W's blocks are Wᵀ's: re-quantizing Wᵀ gives exactly W's fp8 data transposed.
+GEMMs: torch._scaled_mm (fp8 x fp8 -> fp32, dequantisation scales 1/s_a, 1/s_b) when both
+operands have per-tensor scales and M, N, K are multiples of 16 (CPU has it too; fast accumulation
+only in the CUDA forward, where its lower-precision accumulator is tolerated); otherwise the
+dequantized operands are multiplied in fp32, which is what a scaled GEMM computes up to the
+accumulation order. Bias is added in fp32 after the GEMM (a fused epilogue), never quantized.
+Delayed-scaling histories move only in training (module.training and grad enabled in forward;
+every backward), so evaluation and no-grad rollouts never change the scales. Activation
+checkpointing would re-run the forward and record its amaxes twice: not supported.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
 
 from bench.precision.formats import FORMATS
 from bench.precision.quantize import AmaxHistory, Quantized, quantize, tile_amax
-from bench.precision.recipes import Recipe, get_recipe
+from bench.precision.recipes import ROLES, Recipe, get_recipe
 from bench.precision.stats import quant_stats
 
-ROLES = ("input", "weight", "grad_output")
 
-
-def _transpose(q: Quantized) -> Quantized:
-    """The same quantization of the transposed tensor (valid for per-tensor and square blocks)."""
-    scale = q.scale if q.scale.dim() == 0 else q.scale.t()
-    return Quantized(q.data.t().contiguous(), scale, (q.tile[1], q.tile[0]), q.fmt)
-
-
-def scaled_gemm(a: Quantized, b: Quantized, fast_accum: bool = False) -> torch.Tensor:
-    """a [M,K], b [N,K] -> a·bᵀ [M,N] in fp32."""
+def scaled_gemm(a: Quantized, b: Quantized, fast_accum: bool = False, use_scaled_mm: bool = True) -> torch.Tensor:
+    """a [M,K], b [N,K], both quantized along K -> a·bᵀ [M,N] in fp32."""
     M, K = a.data.shape
     N = b.data.shape[0]
-    if a.scale.dim() == 0 and b.scale.dim() == 0 and M % 16 == 0 and K % 16 == 0 and N % 16 == 0:
+    if use_scaled_mm and a.tile is None and b.tile is None and not (M % 16 or N % 16 or K % 16):
         try:
-            return torch._scaled_mm(a.data.contiguous(), b.data.t(), scale_a=(1.0 / a.scale).float(),
-                                    scale_b=(1.0 / b.scale).float(), out_dtype=torch.float32,
-                                    use_fast_accum=fast_accum and a.data.is_cuda)
+            return torch._scaled_mm(a.data.contiguous(), b.data.contiguous().t(),  # b column-major
+                                    scale_a=torch.reciprocal(a.scale.float()), scale_b=torch.reciprocal(b.scale.float()),
+                                    out_dtype=torch.float32, use_fast_accum=bool(fast_accum and a.data.is_cuda))
         except (RuntimeError, NotImplementedError):
-            pass  # e.g. a format pair this device's kernel lacks: fall back to the same math
+            pass  # e.g. a format pair this device's kernel lacks (E5M2 x E5M2 on CUDA): same math below
     return a.dequantize() @ b.dequantize().t()
 
 
 class _FP8LinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, mod):
+        r = mod.recipe
         qx = mod.quantize_role(x, "input")
         qw = mod.quantize_role(weight, "weight")
-        y = scaled_gemm(qx, qw, fast_accum=mod.recipe.fast_accum)
-        ctx.save_for_backward(x, weight)
-        ctx.mod, ctx.qx, ctx.qw = mod, qx, qw
+        y = scaled_gemm(qx, qw, fast_accum=r.fast_accum, use_scaled_mm=mod.use_scaled_mm)
+        ctx.mod, ctx.x_dtype, ctx.w_dtype = mod, x.dtype, weight.dtype
+        if r.per_tensor:  # fp8 copies + scalar scales are all backward needs
+            ctx.save_for_backward(qx.data, qx.scale, qw.data, qw.scale)
+        else:             # backward re-quantizes along other dims: keep high precision
+            ctx.save_for_backward(x, weight)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, w = ctx.saved_tensors
-        mod, r = ctx.mod, ctx.mod.recipe
+        mod = ctx.mod
+        r, mm = mod.recipe, mod.use_scaled_mm
         dy = dy.float()
-        qdy = mod.quantize_role(dy, "grad_output")
+        qdy = mod.quantize_role(dy, "grad_output")  # [M,N] along N: dgrad's operand, the one reported
+        need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if r.per_tensor:
-            qwt, qdyt, qxt = _transpose(ctx.qw), _transpose(qdy), _transpose(ctx.qx)
+            xd, xs, wd, ws = ctx.saved_tensors
+            fmt = FORMATS[r.fwd_format]
+            qx, qw = Quantized(xd, xs, None, fmt), Quantized(wd, ws, None, fmt)
+            dx = scaled_gemm(qdy, qw.t(), use_scaled_mm=mm) if need_dx else None   # W reused as Wᵀ
+            dw = scaled_gemm(qdy.t(), qx.t(), use_scaled_mm=mm) if need_dw else None
         else:
-            qwt = _transpose(ctx.qw) if r.scaling == "blockwise" else quantize(w.t().float(), r, "weight")
-            qdyt = quantize(dy.t(), r, "grad_output")
-            qxt = quantize(x.t().float(), r, "input")
-        dx = scaled_gemm(qdy, qwt)
-        dw = scaled_gemm(qdyt, qxt)
-        ctx.qx = ctx.qw = None
-        return dx.to(x.dtype), dw.to(w.dtype), None
+            x, w = ctx.saved_tensors
+            dx = scaled_gemm(qdy, quantize(w.t(), r, "weight"), use_scaled_mm=mm) if need_dx else None
+            dw = (scaled_gemm(quantize(dy.t(), r, "grad_output"), quantize(x.t(), r, "input"), use_scaled_mm=mm)
+                  if need_dw else None)
+        return (None if dx is None else dx.to(ctx.x_dtype), None if dw is None else dw.to(ctx.w_dtype), None)
 
 
 class ReferenceFP8Linear(nn.Module):
-    """Drop-in for a bias-free or biased nn.Linear, sharing its Parameters."""
+    """Drop-in replacement for nn.Linear running the recipe's FP8 casts (see module docstring).
 
-    def __init__(self, in_features: int, out_features: int, recipe: Recipe, name: str = ""):
+    `from_linear` shares the original Parameter objects, so optimizer state survives the swap and
+    `to_linear` hands the same Parameters back (the fallback policy's switch to high precision).
+    Delayed scaling keeps one AmaxHistory per role in buffers (`hist.<role>.*` in state_dict), so a
+    checkpoint restores the exact scales. `observer`, when set, is called as
+    observer(name, role, stats) after each role's first quantization in a step (input and weight
+    in forward, grad_output in backward), with quant_stats of the actual tensor and the scales
+    actually used: for fp8_delayed that is the stale history scale, so saturation shows."""
+
+    def __init__(self, in_features: int, out_features: int, recipe, name: str = "", bias: bool = True,
+                 device=None, dtype=None):
         super().__init__()
         self.in_features, self.out_features, self.name = in_features, out_features, name
-        self.recipe = get_recipe(recipe)
-        self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        self.bias = None
-        self.observer = None  # callable(name, role, stats) on monitored steps
+        self.recipe: Recipe = get_recipe(recipe)
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+        self.observer = None        # callable(name, role, stats) or None
+        self.use_scaled_mm = True   # False forces the dequantize-and-matmul path (tests, debugging)
         self._record_amax = False
-        if self.recipe.scaling == "delayed":
-            r = self.recipe
-            self.hist = nn.ModuleDict({role: AmaxHistory(r.amax_history_len, r.amax_compute_algo, r.margin)
-                                       for role in ROLES})
+        self.hist = self._make_histories(device)
+
+    def _make_histories(self, device) -> nn.ModuleDict | None:
+        r = self.recipe
+        if r.scaling != "delayed":
+            return None
+        return nn.ModuleDict({role: AmaxHistory(r.amax_history_len, r.amax_compute_algo, r.margin)
+                              for role in ROLES}).to(device)
+
+    def reset_parameters(self) -> None:  # nn.Linear's initialisation
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
+            nn.init.uniform_(self.bias, -bound, bound)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, recipe, name: str) -> "ReferenceFP8Linear":
-        mod = cls(linear.in_features, linear.out_features, recipe, name).to(linear.weight.device)
-        mod.weight = linear.weight  # the same Parameter: optimizer state survives the swap
+        mod = cls(linear.in_features, linear.out_features, recipe, name, bias=False, device="meta")
+        mod.weight = linear.weight  # the same Parameter objects: optimizer state survives the swap
         mod.bias = linear.bias
+        mod.hist = mod._make_histories(linear.weight.device)
+        mod.train(linear.training)
         return mod
 
     def to_linear(self) -> nn.Linear:
+        """A plain nn.Linear holding the same Parameters (and dropping the FP8 state)."""
         lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
         lin.weight, lin.bias = self.weight, self.bias
+        lin.train(self.training)
         return lin
 
     def quantize_role(self, x: torch.Tensor, role: str) -> Quantized:
-        hist = self.hist[role] if self.recipe.scaling == "delayed" else None
-        xf = x.float()
-        q = quantize(xf, self.recipe, role, history=hist)
+        """Quantize one GEMM operand for `role` along its last dim; for delayed scaling use the
+        history's scale and then (update after use) record this amax; report to the observer."""
+        hist = self.hist[role] if self.hist is not None else None
+        q = quantize(x, self.recipe, role, history=hist)
         if hist is not None and (role == "grad_output" or self._record_amax):
-            hist.update(tile_amax(xf, None), used_scale=q.scale)
+            hist.update(tile_amax(x.detach().float(), None), used_scale=q.scale)
         if self.observer is not None:
-            self.observer(self.name, role, quant_stats(xf, q, FORMATS[self.recipe.format_for(role)]))
+            self.observer(self.name, role, quant_stats(x, q))
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dev = x.device.type
         if torch.is_autocast_enabled(dev):
-            # Activations live in the autocast dtype; quantize them from there (as torchao does).
+            # Under autocast activations live in the autocast dtype: quantize from there (as
+            # torchao does) and return that dtype, as an autocast nn.Linear would.
             out_dtype = torch.get_autocast_dtype(dev)
             x = x.to(out_dtype)
         else:
             out_dtype = x.dtype
-        shape = x.shape
-        # Grad mode is off inside autograd.Function.forward, so decide here whether this
-        # forward is a training step that should advance the delayed-scaling histories.
+        lead = x.shape[:-1]
+        # Grad mode is off inside autograd.Function.forward: decide here whether this is a
+        # training forward that should advance the delayed-scaling histories.
         self._record_amax = self.training and torch.is_grad_enabled()
         with torch.autocast(dev, enabled=False):
-            y = _FP8LinearFn.apply(x.reshape(-1, shape[-1]), self.weight, self)
+            y = _FP8LinearFn.apply(x.reshape(-1, x.shape[-1]), self.weight, self)
             if self.bias is not None:
                 y = y + self.bias.float()
-        return y.to(out_dtype).reshape(*shape[:-1], self.out_features)
+        return y.to(out_dtype).reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
         r = self.recipe
-        return f"{self.in_features}, {self.out_features}, recipe={r.name} ({r.scaling}, {r.fwd_format}/{r.grad_format})"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"recipe={r.name} ({r.scaling}, {r.fwd_format}/{r.grad_format})")

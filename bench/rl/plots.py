@@ -9,13 +9,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from bench.rl.mismatch import sequence_errors, worst_sequence  # noqa: E402
+
 
 def plot_worst_sequence(lp_gen: torch.Tensor, lp_train: torch.Tensor, mask: torch.Tensor, path: Path, step: int) -> Path:
     """Pick the sequence with the largest mean exp(|r|) and plot lp_g, lp_t and r per token."""
-    m = mask.float()
-    r = (lp_train - lp_gen).float()
-    per_seq = (torch.exp(r.abs().clamp(max=20)) * m).sum(1) / m.sum(1).clamp(min=1)
-    i = int(per_seq.argmax())
+    errs = sequence_errors(lp_gen, lp_train, mask)
+    per_seq = errs["seq_err"]
+    i = worst_sequence(lp_gen, lp_train, mask)
     valid = mask[i].bool().cpu()
     g, t = lp_gen[i].float().cpu()[valid], lp_train[i].float().cpu()[valid]
     fig, (a0, a1) = plt.subplots(2, 1, figsize=(7, 4.5), sharex=True)
