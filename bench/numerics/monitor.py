@@ -124,7 +124,7 @@ class NumericsMonitor:
             q = quantize(x2, r, role, history=hist)
             self.shadow_records[rname][(name, role)] = quant_stats(x2, q, FORMATS[r.format_for(role)])
             if hist is not None:
-                hist.update(x2.abs().max())
+                hist.update(x2.abs().max(), used_scale=q.scale)
 
     # --- per step -------------------------------------------------------------------------
     def begin_step(self, step: int) -> None:

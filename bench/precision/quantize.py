@@ -15,7 +15,7 @@ Partial tiles are allowed: when K (or rows, for weight blocks) is not a multiple
 the last tile is smaller and its scale comes from the elements it has.
 
 Scale formulas (amax = max |x| over the tile; all scales fp32):
-  tensorwise, blockwise  s = max / max(amax, eps), the correctly rounded fp32 quotient
+  tensorwise, blockwise  s = max / max(amax, eps) in fp32, rounded toward zero (max_over)
   rowwise                s = 2^floor(log2(max / amax)) (rounded *down*: amax·s <= max, so the
                          rounding of the scale can never push the row's largest value over max)
   delayed                s = max / max(amax_history) / 2^margin  (see AmaxHistory)
@@ -85,9 +85,12 @@ class Quantized:
 
 
 def _expand(s: torch.Tensor, tile: Tile, shape) -> torch.Tensor:
+    """Compact tile scales [n_row_tiles, n_col_tiles] -> one per element (a partial edge tile
+    just gets cut off)."""
     rows, cols = shape
     tr, tc = tile
-    return s.repeat_interleave(tr, 0)[:rows].repeat_interleave(tc, 1)[:, :cols]
+    nr, nc = s.shape
+    return s[:, None, :, None].expand(nr, tr, nc, tc).reshape(nr * tr, nc * tc)[:rows, :cols]
 
 
 def tile_shape(recipe: Recipe, role: str, shape) -> Tile | None:
@@ -124,11 +127,20 @@ def pow2_floor(s: torch.Tensor) -> torch.Tensor:
 
 
 def max_over(fmt: Float8Format, amax: torch.Tensor) -> torch.Tensor:
-    """fmt.max / amax, correctly rounded in fp32. Written as tensor / tensor on purpose: torch
-    evaluates `python_scalar / tensor` as scalar · reciprocal(tensor) on CPU, two roundings that
-    miss the correctly rounded quotient by an ulp for about a quarter of inputs."""
+    """fmt.max / amax (amax > 0) as the largest fp32 not above the exact quotient (rounded toward
+    zero). Why not round-to-nearest: half the time that rounds s *up*, so amax·s lands an ulp
+    above max and the tensor's own largest element would count as overflow (|x·s| > max) in
+    ~9 % of perfectly scaled tensors, an artifact the FP8 value never sees (it clamps and rounds
+    back to max). Rounded down, amax·s <= max holds exactly, so current scaling never overflows
+    and delayed scaling overflows exactly when amax exceeds the history's amax (·2^margin).
+    The quotient is taken tensor / tensor (torch computes `scalar / tensor` as scalar ·
+    reciprocal(tensor), two roundings) and corrected by one ulp where the exact product, formed in
+    fp64 (24 + 24 bits fit in 53), exceeds max."""
     a = amax.float()
-    return torch.full_like(a, fmt.max) / a
+    m = torch.full_like(a, fmt.max)
+    s = m / a
+    over = s.double() * a.double() > fmt.max
+    return torch.where(over, torch.nextafter(s, torch.zeros_like(s)), s)
 
 
 def _finite_or(s: torch.Tensor, amax: torch.Tensor, fallback) -> torch.Tensor:
