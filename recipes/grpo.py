@@ -78,7 +78,8 @@ def rollout_step(s: Session, g: GRPOConfig, step: int, model, generator, trainer
     max_new = g.max_new_tokens or task.seq_len - task.prompt_len
     generator.refit(model)
     ro = generator.generate(prompts, max_new_tokens=max_new, temperature=g.temperature, top_k=g.top_k,
-                            top_p=g.top_p, eos_id=EOS, generator=rng)
+                            top_p=g.top_p, eos_id=EOS, generator=rng,
+                            use_kv_cache=bool(cfg.generator.get("use_kv_cache", True)))
     P = prompts.shape[1]
     responses = ro.tokens[:, P:]
     rewards = torch.tensor([task.reward(p, task.completion_text(r)) for p, r in zip(problems, responses)], device=device)

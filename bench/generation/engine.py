@@ -1,26 +1,38 @@
 """The generator: samples rollouts with its own copy of the policy, in its own precision.
 
 Why a separate engine: in RL systems the sampler (vLLM, SGLang) is not the trainer. It holds its
-own weights (refit from the trainer each step), runs its own kernels and precision (often FP8
-W8A8 and an FP8 KV cache) and decodes incrementally with a KV cache, while the trainer scores the
-same tokens with a full forward. Every difference between the two is trainer/generator mismatch;
-this engine reproduces those differences honestly instead of reusing the trainer's modules.
+own weights (refit from the trainer after every update), runs its own kernels and precision
+(often FP8 W8A8 and an FP8 KV cache) and decodes incrementally with a KV cache, while the trainer
+scores the same tokens with one full forward. Every difference between the two computations is
+trainer/generator mismatch, the thing this benchmark measures; reusing the trainer's modules,
+buffers or caches would hide exactly that. So the engine builds its own Transformer, copies
+weights at `refit` (never aliasing a trainer tensor) and owns its KV caches and sampling RNG.
 
-Precision: fp32/bf16/fp16 run the generator's copy under the same autocast as the trainer; an FP8
-recipe runs W8A8 through the reference FP8 linear in inference mode (weights and activations
-quantized with the recipe's granularity; delayed scaling has no history at inference, so it
-uses the current amax, as inference engines do).
+Precision (`precision` = a name or a config mapping with a `name` key):
+  fp32          the copy as is, no autocast
+  bf16, fp16    fp32 weights under the trainer's own `autocast_context`: with full recompute
+                (use_kv_cache=False) the reported log-probs are then bitwise the trainer's, so
+                token_mult_prob_error == 1 exactly: the harness's zero point
+  an FP8 recipe W8A8 (bench/generation/fp8_inference.py) under bf16 autocast; kept Linears
+                (`keep_high_precision`, default lm_head) stay bf16
+KV cache: `kv_cache_dtype` "auto" (the compute dtype) or "fp8" (bench/generation/kvcache.py).
 
-Log-probs: for each sampled token the engine reports
-  logprobs              log-prob under the distribution it actually sampled from (temperature T,
-                        after top-k/top-p truncation and renormalisation)
-  logprobs_untruncated  log-prob under softmax(logits / T) without truncation. The trainer
-                        recomputes exactly this quantity, so mismatch is measured on it: the two
-                        sides then differ only by numerics, not by the sampling filter.
-Temperature 0 is greedy; its log-probs are those of softmax(logits) (T = 1).
-With use_kv_cache=False each step recomputes the whole prefix, and the reported log-probs come
-from one full forward over the final sequence (the trainer's own computation): with the
-trainer's precision this makes token_mult_prob_error exactly 1, the harness's zero point.
+Log-probs: for each sampled token the rollout carries
+  logprobs              log p under the distribution actually sampled from: softmax(logits / T)
+                        after top-k / top-p truncation and renormalisation
+  logprobs_untruncated  log p under softmax(logits / T), no truncation
+The trainer recomputes softmax(logits / T) over the full vocabulary; it knows nothing of the
+sampler's filter. Mismatch is therefore measured on `logprobs_untruncated`, so both sides compare
+the same distribution and differ only by numerics. (The truncated value is larger by
+-log(kept mass); comparing it with the trainer's would report the filter as "mismatch".)
+Temperature 0 is greedy (argmax); its log-probs (both fields) are those of softmax(logits), T = 1,
+so the trainer should score greedy rollouts at T = 1.
+
+Shapes: all prompts have the same length P (the tasks emit fixed-width prompts); a rollout is
+always P + max_new_tokens wide, whatever step the last sequence stopped at. Fixed width is what
+makes the full-recompute path exact: it runs every step on the same [B, P+N-1] input the trainer
+will score (future positions hold padding, which causal attention never reads), because CPU
+attention kernels round differently at different sequence lengths.
 """
 from __future__ import annotations
 
@@ -29,117 +41,226 @@ from dataclasses import dataclass
 import torch
 
 from bench.errors import BadInput
+from bench.generation.fp8_inference import FP8InferenceLinear, KeepSpec, swap_linears_to_fp8
 from bench.generation.kvcache import KVCache
-from bench.model import ModelConfig, Transformer
-from bench.precision.engines import PrecisionPlan, apply_precision, plan_precision
-from bench.precision.mixed import autocast_context, compute_dtype
+from bench.model import ModelConfig, Transformer, rope_tables, token_logprobs
+from bench.precision.engines import PrecisionPlan, select_fp8_modules
+from bench.precision.mixed import HIGH_PRECISION, autocast_context, compute_dtype
+from bench.precision.recipes import RECIPES, get_recipe
 
 
 @dataclass
 class Rollout:
-    tokens: torch.Tensor                # [B, P+N] prompt + response (EOS-padded after a stop)
-    response_mask: torch.Tensor         # [B, N] valid response tokens, EOS included
-    logprobs: torch.Tensor              # [B, N] under the (truncated) sampling distribution
-    logprobs_untruncated: torch.Tensor  # [B, N] under softmax(logits / T)
+    tokens: torch.Tensor                # [B, P+N] long: prompt + response, `eos_id` after a stop
+    response_mask: torch.Tensor         # [B, N] bool: valid response tokens, the EOS included
+    logprobs: torch.Tensor              # [B, N] fp32: under the truncated sampling distribution
+    logprobs_untruncated: torch.Tensor  # [B, N] fp32: under softmax(logits / T); compare this one
+    kv_saturation_frac: float = 0.0     # FP8 KV cache: fraction of K/V elements clipped on write
 
 
-def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Mask logits outside the top-k / top-p (nucleus) set with -inf."""
+def truncate_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set logits outside the sampling set to -inf: first the top-k (0 = off), then the nucleus,
+    the smallest set of most likely tokens whose probability reaches top_p (1.0 = off)."""
     if top_k and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        idx = logits.topk(top_k, dim=-1).indices
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, logits.gather(-1, idx))
     if top_p < 1.0:
         sorted_l, idx = logits.sort(dim=-1, descending=True)
         probs = sorted_l.softmax(-1)
-        drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix reaching top_p
-        logits = logits.masked_fill(drop.scatter(-1, idx, drop), float("-inf"))
+        # Drop a token when the mass strictly before it already reaches top_p (keeps the first).
+        drop_sorted = probs.cumsum(-1) - probs >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, idx, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
     return logits
 
 
+def sample_step(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, rng: torch.Generator):
+    """One decode step from last-position logits [B, V] -> (tokens, logprobs, logprobs_untruncated)."""
+    if temperature == 0:  # greedy; log-probs at T = 1 (see the module docstring)
+        tok = logits.argmax(-1)
+        lp = token_logprobs(logits[:, None], tok[:, None])[:, 0]
+        return tok, lp, lp
+    # The same ops, in the same order, as bench.model.token_logprobs: the untruncated log-prob
+    # must be bitwise what the trainer computes from bitwise-equal logits.
+    scaled = logits.float() / temperature
+    logp_full = torch.log_softmax(scaled, dim=-1)
+    truncated = bool(top_k and top_k < logits.shape[-1]) or top_p < 1.0
+    logp = torch.log_softmax(truncate_logits(scaled, top_k, top_p), dim=-1) if truncated else logp_full
+    tok = torch.multinomial(logp.exp(), 1, generator=rng)[:, 0]
+    return tok, logp.gather(-1, tok[:, None])[:, 0], logp_full.gather(-1, tok[:, None])[:, 0]
+
+
+def _precision_spec(precision) -> dict:
+    spec = {"name": precision} if isinstance(precision, str) else dict(precision)
+    name = spec.get("name")
+    if name not in HIGH_PRECISION and name not in RECIPES:
+        raise BadInput(f"generator precision {name!r}; valid: {', '.join((*HIGH_PRECISION, *RECIPES))}")
+    engine = spec.get("engine", "auto")
+    if engine not in ("auto", "reference"):
+        raise BadInput(f"generator_precision.engine={engine!r}: the generator runs FP8 through its own W8A8 "
+                       f"inference path; valid: auto, reference")
+    return spec
+
+
 class Generator:
-    def __init__(self, model_cfg: ModelConfig, precision, device, kv_cache_dtype: str = "auto"):
-        precision = dict(precision) if not isinstance(precision, str) else {"name": precision}
-        engine = precision.get("engine", "auto")
-        if engine not in ("auto", "reference"):
-            raise BadInput(f"generator_precision.engine={engine!r}: the generator runs FP8 through its own "
-                           f"W8A8 path; valid: auto, reference")
+    """An inference engine with its own Transformer, precision, KV cache and sampling RNG."""
+
+    def __init__(self, model_cfg: ModelConfig, precision="bf16", device="cpu", kv_cache_dtype: str = "auto",
+                 keep_high_precision: KeepSpec | dict = None, seed: int = 0):
+        spec = _precision_spec(precision)
         if kv_cache_dtype not in ("auto", "fp8"):
             raise BadInput(f"generator.kv_cache_dtype={kv_cache_dtype!r}; valid: auto, fp8")
-        precision["engine"] = "reference"
-        self.cfg, self.device, self.name = model_cfg, torch.device(device), precision["name"]
+        self.cfg, self.device, self.name = model_cfg, torch.device(device), spec["name"]
         self.kv_fp8 = kv_cache_dtype == "fp8"
-        self.model = Transformer(model_cfg).to(self.device).eval().requires_grad_(False)
-        self.base_keys = list(self.model.state_dict())
-        self.plan, engine_obj = plan_precision(self.model, precision, self.device)
-        apply_precision(self.model, self.plan, engine_obj)
-        self.engine_name = "w8a8-reference" if self.plan.recipe else self.plan.engine
+        self.model = self._build(model_cfg, self.device)
+        # The refit contract: exactly the persistent state of a plain Transformer.
+        self._keys = list(self.model.state_dict())
+        self.recipe, fp8, kept = None, [], []
+        if self.name not in HIGH_PRECISION:
+            try:
+                self.recipe = get_recipe(spec)
+                keep = spec.get("keep_high_precision") if keep_high_precision is None else keep_high_precision
+                if isinstance(keep, dict) or hasattr(keep, "keys"):  # the Hydra precision config's form
+                    kept_names = set(select_fp8_modules(self.model, keep)[1])
+                    keep = lambda n: n in kept_names  # noqa: E731
+                fp8, kept = swap_linears_to_fp8(self.model, self.recipe, keep)
+            except ValueError as e:
+                raise BadInput(str(e)) from None
+        self._fp8 = {n: self.model.get_submodule(n) for n in fp8}
+        self.engine_name = "w8a8" if self.recipe else ("fp32" if self.name == "fp32" else "torch.autocast")
+        self.plan = PrecisionPlan(name=self.name, engine=self.engine_name, recipe=self.recipe,
+                                  fp8_modules=fp8, high_precision_modules=kept)
+        self.rng = torch.Generator(device=self.device).manual_seed(seed)
+        self.refits = 0
+
+    @staticmethod
+    def _build(cfg: ModelConfig, device: torch.device) -> Transformer:
+        """Its own Transformer, built on the meta device: no random init (refit overwrites every
+        weight) and no draw from the caller's global RNG, which a constructor has no business
+        advancing. Weights are zeros until the first refit; the RoPE tables are recomputed."""
+        with torch.device("meta"):
+            model = Transformer(cfg)
+        model = model.to_empty(device=device)
+        if cfg.tie_embeddings:  # to_empty may swap in new Parameters per module, untying them
+            model.lm_head.weight = model.embed.weight
+        with torch.no_grad():
+            for t in model.state_dict().values():
+                t.zero_()
+            # Computed where and how the trainer's Transformer computes them (on CPU, then moved):
+            # CPU and CUDA cos/sin can differ in the last bit, and bitwise parity needs the same.
+            cos, sin = rope_tables(cfg)
+            model.rope_cos, model.rope_sin = cos.to(device), sin.to(device)
+        return model.eval().requires_grad_(False)
+
+    def context(self):
+        """The autocast the generator's forwards run under (the trainer's for bf16/fp16)."""
+        return autocast_context(self.name, self.device)
 
     @torch.no_grad()
     def refit(self, trainer_model: torch.nn.Module) -> None:
-        """Copy the trainer's weights into this engine's own tensors (never shared storage)."""
+        """Load the trainer's current weights: copied into this engine's own tensors (FP8 Linears
+        quantize them once, here), so nothing is ever shared with the trainer and later optimizer
+        steps cannot reach the generator until the next refit."""
         src = trainer_model.state_dict()
-        missing = [k for k in self.base_keys if k not in src]
+        missing = [k for k in self._keys if k not in src]
         if missing:
-            raise RuntimeError(f"refit: trainer state lacks {missing[:3]}")
+            raise ValueError(f"refit: the trainer's state lacks {missing[:3]} (not this model config?)")
         own = self.model.state_dict()
-        for k in self.base_keys:
-            own[k].copy_(src[k])
-
-    def context(self):
-        return autocast_context(self.name, self.device)
-
-    @torch.no_grad()  # not inference_mode: the rollout's tensors feed the trainer's autograd
-    def generate(self, prompts: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, eos_id: int = 2, generator: torch.Generator | None = None,
-                 use_kv_cache: bool = True) -> Rollout:
-        B, P = prompts.shape
-        dev = self.device
-        seq = prompts.to(dev)
-        done = torch.zeros(B, dtype=torch.bool, device=dev)
-        toks, lps, lps_full, valid = [], [], [], []
-        cache = None
-        with self.context():
-            if use_kv_cache:
-                hd = self.cfg.d_model // self.cfg.n_heads
-                cache = KVCache(self.cfg.n_layers, B, self.cfg.n_heads, P + max_new_tokens, hd,
-                                compute_dtype(self.name), dev, fp8=self.kv_fp8)
-                logits = self.model(seq, cache=cache, pos=0)[:, -1]
+        for k in self._keys:
+            s = src[k].detach()
+            mod = self._fp8.get(k.rsplit(".", 1)[0])
+            if mod is not None:
+                mod.load_weight(s)  # checks the shape, quantizes into fresh FP8 buffers
+            elif tuple(s.shape) != tuple(own[k].shape):
+                raise ValueError(f"refit: {k} is {tuple(s.shape)} in the trainer, {tuple(own[k].shape)} here")
             else:
-                logits = self.model(seq)[:, -1]
-            for t in range(max_new_tokens):
-                tok, lp, lp_full = self._sample(logits.float(), temperature, top_k, top_p, generator)
-                valid.append(~done)
-                tok = torch.where(done, torch.full_like(tok, eos_id), tok)
-                toks.append(tok)
-                lps.append(lp)
-                lps_full.append(lp_full)
-                done = done | (tok == eos_id)
-                seq = torch.cat([seq, tok[:, None]], 1)
-                if done.all() or t == max_new_tokens - 1:
+                own[k].copy_(s)
+        self.refits += 1
+
+    def get_rng_state(self) -> torch.Tensor:
+        """The engine's own sampling RNG state (for checkpoints: resuming continues the stream)."""
+        return self.rng.get_state()
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        self.rng.set_state(state)
+
+    def _rng(self, seed) -> torch.Generator:
+        if isinstance(seed, torch.Generator):
+            return seed  # the caller owns (and checkpoints) this stream
+        if seed is not None:
+            self.rng.manual_seed(int(seed))
+        return self.rng
+
+    def _check(self, prompts: torch.Tensor, n: int) -> None:
+        if self.refits == 0:
+            raise RuntimeError("Generator has no weights yet: call refit(trainer_model) first")
+        if prompts.dim() != 2 or prompts.dtype != torch.long or prompts.shape[1] == 0:
+            raise ValueError(f"prompts must be a [B, P] long tensor with P >= 1, "
+                             f"got {tuple(prompts.shape)} {prompts.dtype}")
+        if prompts.shape[1] + n - 1 > self.cfg.max_seq_len:
+            raise ValueError(f"prompt length {prompts.shape[1]} + max_new_tokens {n} - 1 exceeds "
+                             f"model.max_seq_len={self.cfg.max_seq_len}")
+
+    def generate(self, prompts: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0, eos_id: int | None = None, seed: int | torch.Generator | None = None,
+                 use_kv_cache: bool = True, *, generator: torch.Generator | None = None) -> Rollout:
+        """Sample up to `max_new_tokens` per prompt (see the module docstring for the log-probs).
+
+        seed: a torch.Generator (used as is; `generator=` is the same thing by keyword), an int
+        (reseeds the engine's own RNG), or None (continues the engine's own RNG stream). Every
+        step draws for every row, finished or not, so a row's draws do not shift with where its
+        batch-mates stopped. eos_id None (or outside the vocabulary) never stops a sequence.
+        use_kv_cache=False recomputes the whole sequence every step: the reference path the KV
+        cache is tested against, and with the trainer's precision bitwise the trainer's numbers."""
+        if not (temperature >= 0 and top_k >= 0 and 0 < top_p <= 1 and max_new_tokens >= 1):
+            raise ValueError(f"need temperature >= 0, top_k >= 0, 0 < top_p <= 1, max_new_tokens >= 1; got "
+                             f"{temperature}, {top_k}, {top_p}, {max_new_tokens}")
+        self._check(prompts, max_new_tokens)
+        rng = self._rng(generator if generator is not None else seed)
+        B, P, N, dev = prompts.shape[0], prompts.shape[1], max_new_tokens, self.device
+        if eos_id is not None and not 0 <= eos_id < self.cfg.vocab_size:
+            eos_id = None  # no token can match it: never stops (benchmarks pass -1)
+        pad = 0 if eos_id is None else eos_id  # fills positions after a stop (and not yet sampled)
+        with torch.inference_mode(), self.context():
+            tokens = torch.full((B, P + N), pad, dtype=torch.long, device=dev)
+            tokens[:, :P] = prompts.to(dev)
+            mask = torch.zeros(B, N, dtype=torch.bool, device=dev)
+            lp, lpu = torch.zeros(B, N, device=dev), torch.zeros(B, N, device=dev)
+            done = torch.zeros(B, dtype=torch.bool, device=dev)
+            cache = None
+            if use_kv_cache:  # the last sampled token is never fed back: P + N - 1 positions
+                hd = self.cfg.d_model // self.cfg.n_heads
+                cache = KVCache(self.cfg.n_layers, B, self.cfg.n_heads, P + N - 1, hd, compute_dtype(self.name),
+                                dev, fp8=self.kv_fp8)
+                logits = self.model(tokens[:, :P], cache=cache, pos=0)[:, -1]
+            else:
+                logits = self.model(tokens[:, :-1])[:, P - 1]
+            for t in range(N):
+                tok, lp_t, lpu_t = sample_step(logits, temperature, top_k, top_p, rng)
+                tok = torch.where(done, pad, tok)
+                tokens[:, P + t], mask[:, t] = tok, ~done
+                lp[:, t], lpu[:, t] = lp_t.masked_fill(done, 0.0), lpu_t.masked_fill(done, 0.0)
+                if eos_id is not None:
+                    done = done | (tok == eos_id)
+                if t == N - 1 or (eos_id is not None and bool(done.all())):
                     break
                 logits = (self.model(tok[:, None], cache=cache, pos=P + t)[:, -1] if use_kv_cache
-                          else self.model(seq)[:, -1])
-            mask = torch.stack(valid, 1)
-            lp, lp_full = torch.stack(lps, 1), torch.stack(lps_full, 1)
-            if not use_kv_cache:  # score the final sequence with one full forward (trainer's computation)
-                full = self.model(seq[:, :-1])[:, P - 1:].float()
-                T = temperature if temperature > 0 else 1.0
-                lp_full = torch.log_softmax(full / T, -1).gather(-1, seq[:, P:, None])[..., 0]
-                if temperature > 0 and not top_k and top_p >= 1.0:
-                    lp = lp_full
-        zero = torch.zeros((), device=dev)
-        return Rollout(tokens=seq, response_mask=mask, logprobs=torch.where(mask, lp, zero),
-                       logprobs_untruncated=torch.where(mask, lp_full, zero))
+                          else self.model(tokens[:, :-1])[:, P + t])
+            sat = cache.saturation_frac() if cache is not None else 0.0
+        # Clones made outside inference mode are ordinary tensors, which the trainer's autograd
+        # may use (an inference tensor cannot be saved for backward, e.g. as embedding indices).
+        return Rollout(tokens.clone(), mask.clone(), lp.clone(), lpu.clone(), sat)
 
-    @staticmethod
-    def _sample(logits, temperature, top_k, top_p, generator):
-        if temperature <= 0:  # greedy
-            logp = torch.log_softmax(logits, -1)
-            tok = logits.argmax(-1)
-            lp = logp.gather(-1, tok[:, None])[:, 0]
-            return tok, lp, lp
-        scaled = logits / temperature
-        logp_full = torch.log_softmax(scaled, -1)
-        logp = torch.log_softmax(_filter(scaled, top_k, top_p), -1)
-        tok = torch.multinomial(logp.exp(), 1, generator=generator)[:, 0]
-        return tok, logp.gather(-1, tok[:, None])[:, 0], logp_full.gather(-1, tok[:, None])[:, 0]
+    def score(self, tokens: torch.Tensor, prompt_len: int, temperature: float = 1.0) -> torch.Tensor:
+        """Log-probs [B, N] of tokens[:, prompt_len:] under this engine's model and precision, by one
+        full forward (teacher forcing): scores given tokens, e.g. another engine's rollout."""
+        if self.refits == 0:
+            raise RuntimeError("Generator has no weights yet: call refit(trainer_model) first")
+        P, T = prompt_len, (temperature if temperature > 0 else 1.0)
+        with torch.inference_mode(), self.context():
+            tokens = tokens.to(self.device)
+            out = token_logprobs(self.model(tokens[:, :-1])[:, P - 1:], tokens[:, P:], T)
+        return out.clone()
+
+    def fp8_modules(self) -> dict[str, FP8InferenceLinear]:
+        return dict(self._fp8)

@@ -1,48 +1,106 @@
-"""The generator's KV cache: keys/values of every past position, per layer.
+"""The generator's KV cache: the keys/values of every past position, per layer.
 
-Stored in the generator's compute dtype, or in FP8 (E4M3) with one scale per layer and head
-fixed at prefill from the prompt's amax (the static k_scale/v_scale of inference engines).
-Later tokens reuse that scale and saturate if they exceed it: the FP8 KV cache's characteristic
-error, which shows up in the mismatch metrics like any other generator-side precision choice.
+Layout: per layer, k and v buffers [B, H, max_len, head_dim], filled left to right. All prompts
+of a batch have the same length (the tasks emit fixed-width prompts), so one write position
+`pos` serves the whole batch and no per-sequence bookkeeping is needed.
+
+Two storage modes:
+  auto  the generator's compute dtype (fp32, or bf16/fp16 under autocast). Lossless with
+        respect to what attention would have seen without a cache.
+  fp8   E4M3 bytes plus one fp32 scale per (layer, head) for k and one for v. The scales are
+        fixed from the prefill's amax and reused for every later token, which saturates (is
+        clipped to ±448/s) when a decoded key/value exceeds the prompt's range.
+
+Why that scale scheme: it is the static `k_scale`/`v_scale` of inference engines (vLLM, SGLang,
+TensorRT-LLM): attention kernels read FP8 K/V tiles and need one dequantisation factor per
+tensor (or per head) known before the kernel runs, and rescaling an already-written cache when
+a larger value arrives would mean rewriting every past token. So the scale is set once, from
+data (here the prefill, the first tokens the cache sees) rather than from a calibration set.
+Per head rather than per layer because head norms differ by a large factor (a head with
+outlier keys would otherwise waste the other heads' precision). The price is the scheme's
+characteristic error: later tokens outside the prefill range saturate. `headroom` > 1 trades
+resolution for fewer saturations, and every layer counts its saturated elements, so the cost
+shows up in reports instead of hiding in the mismatch metrics.
+
+`update` returns dequantized keys/values (in the compute dtype): the arithmetic an FP8-KV
+attention kernel does in registers, done here in the open so it runs on any device.
 """
 from __future__ import annotations
 
 import torch
 
-E4M3_MAX = 448.0
+from bench.precision.formats import FORMATS
+from bench.precision.quantize import max_over
+
+E4M3 = FORMATS["e4m3"]
 
 
 class LayerCache:
-    def __init__(self, batch, heads, max_len, head_dim, dtype, device, fp8: bool):
-        self.fp8 = fp8
-        store = torch.float8_e4m3fn if fp8 else dtype
-        self.k = torch.zeros(batch, heads, max_len, head_dim, dtype=store, device=device)
+    """One layer's keys/values. `update(k, v, pos)` writes positions pos..pos+T-1 and returns
+    (k_all, v_all) holding positions 0..pos+T-1, as bench.model.Attention expects."""
+
+    def __init__(self, batch: int, n_heads: int, max_len: int, head_dim: int, dtype: torch.dtype,
+                 device, fp8: bool = False, headroom: float = 1.0):
+        self.fp8, self.dtype, self.headroom, self.max_len = fp8, dtype, float(headroom), max_len
+        store = E4M3.dtype if fp8 else dtype
+        self.k = torch.zeros(batch, n_heads, max_len, head_dim, dtype=store, device=device)
         self.v = torch.zeros_like(self.k)
-        self.k_scale = self.v_scale = None
-        self.dtype = dtype
+        self.k_scale: torch.Tensor | None = None  # [1, H, 1, 1] fp32 multipliers (fp8 only)
+        self.v_scale: torch.Tensor | None = None
+        # Elements clipped to ±448 on write, and elements written (fp8 only). A device tensor, so
+        # counting costs no host sync per decode step.
+        self.saturated = torch.zeros((), dtype=torch.long, device=device)
+        self.written = 0
 
-    def _scale(self, x):  # per head: [1, H, 1, 1]
-        amax = x.detach().float().abs().amax(dim=(0, 2, 3), keepdim=True).clamp(min=1e-12)
-        return torch.full_like(amax, E4M3_MAX) / amax
+    def _scale(self, x: torch.Tensor) -> torch.Tensor:
+        """s = 448 / (headroom · amax) per head over (batch, positions, head_dim). An all-zero
+        head gets s = 1 (any scale represents zeros exactly)."""
+        amax = x.float().abs().amax(dim=(0, 2, 3), keepdim=True) * self.headroom
+        return torch.where(amax > 0, max_over(E4M3, amax.clamp(min=1e-30)), torch.ones_like(amax))
 
-    def update(self, k: torch.Tensor, v: torch.Tensor, pos: int):
+    def _quantize(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        xs = x.float() * s
+        self.saturated += (xs.abs() > E4M3.max).sum()
+        self.written += xs.numel()
+        # Clamp first: casting an out-of-range value to float8_e4m3fn gives NaN, not ±448.
+        return xs.clamp(-E4M3.max, E4M3.max).to(E4M3.dtype)
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
         T = k.shape[2]
-        if self.fp8:
-            if self.k_scale is None:
-                self.k_scale, self.v_scale = self._scale(k), self._scale(v)
-            qk = (k.float() * self.k_scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
-            qv = (v.float() * self.v_scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
-            self.k[:, :, pos:pos + T], self.v[:, :, pos:pos + T] = qk, qv
-            kk = self.k[:, :, :pos + T].float() / self.k_scale
-            vv = self.v[:, :, :pos + T].float() / self.v_scale
-            return kk.to(k.dtype), vv.to(v.dtype)
-        self.k[:, :, pos:pos + T], self.v[:, :, pos:pos + T] = k, v
-        return self.k[:, :, :pos + T], self.v[:, :, :pos + T]
+        if pos + T > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; writing {pos}..{pos + T - 1}")
+        end = pos + T
+        if not self.fp8:
+            self.k[:, :, pos:end] = k
+            self.v[:, :, pos:end] = v
+            return self.k[:, :, :end], self.v[:, :, :end]
+        if self.k_scale is None:  # the first write (the prefill) fixes the scales for good
+            self.k_scale, self.v_scale = self._scale(k), self._scale(v)
+        self.k[:, :, pos:end] = self._quantize(k, self.k_scale)
+        self.v[:, :, pos:end] = self._quantize(v, self.v_scale)
+        k_all = (self.k[:, :, :end].float() / self.k_scale).to(k.dtype)
+        v_all = (self.v[:, :, :end].float() / self.v_scale).to(v.dtype)
+        return k_all, v_all
 
 
 class KVCache:
-    def __init__(self, n_layers, batch, heads, max_len, head_dim, dtype, device, fp8: bool = False):
-        self.layers = [LayerCache(batch, heads, max_len, head_dim, dtype, device, fp8) for _ in range(n_layers)]
+    """Per-layer caches for one batch of sequences; `layer(i)` is what the model's forward uses.
+    A cache belongs to one generate() call of one engine: never shared with the trainer, whose
+    forward takes no cache at all."""
+
+    def __init__(self, n_layers: int, batch: int, n_heads: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype, device, fp8: bool = False, headroom: float = 1.0):
+        self.fp8 = fp8
+        self.layers = [LayerCache(batch, n_heads, max_len, head_dim, dtype, device, fp8, headroom)
+                       for _ in range(n_layers)]
 
     def layer(self, i: int) -> LayerCache:
         return self.layers[i]
+
+    def saturation_frac(self) -> float:
+        """Fraction of K/V elements clipped on write (0 for a non-FP8 cache)."""
+        written = sum(lc.written for lc in self.layers)
+        return float(sum(lc.saturated for lc in self.layers)) / written if written else 0.0
+
+    def nbytes(self) -> int:
+        return sum(lc.k.nbytes + lc.v.nbytes for lc in self.layers)
