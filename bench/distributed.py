@@ -1,4 +1,4 @@
-"""Scale-out under torchrun: DDP data parallelism with rank 0 as the only writer.
+"""Scale-out under torchrun: DDP or FSDP2 data parallelism with rank 0 as the only writer.
 
 `torchrun --nproc_per_node=N -m recipes.pretrain ...` sets WORLD_SIZE/RANK; each rank takes its
 slice of the same global batch (so N processes reproduce the 1-process run up to the order of
@@ -6,6 +6,16 @@ the gradient all-reduce), DDP averages gradients, the logged loss is the all-red
 rank 0 alone writes the run dir, logs and checkpoints. Instability decisions (skip, halt,
 fallback) are rank 0's, broadcast to every rank: ranks that disagreed about skipping a step
 would silently diverge, and ranks that disagreed about halting would deadlock.
+
+`parallel=fsdp` shards instead of replicating: FSDP2's `fully_shard` on every transformer block
+and then on the root (which holds the tied embedding / lm_head). Each block's weights are
+all-gathered just before its forward and backward and freed after; gradients are reduce-scattered
+(averaged), so each rank's AdamW updates only its shard, in fp32. The precision recipes need no
+change: inside the block's forward the FP8 linears see ordinary unsharded weights, so the
+weight's amax and scale are those of the whole tensor, exactly as in one process. Checkpoints
+hold the full (unsharded) state dicts, gathered onto rank 0, so a run saved under FSDP has the
+same model keys as a 1-process run. Every rank must take part in every forward (the all-gathers
+are collectives), so under FSDP all ranks run the eval, and rank 0 alone logs it.
 """
 from __future__ import annotations
 
@@ -49,12 +59,51 @@ def shard(batch: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return batch[info.rank * per:(info.rank + 1) * per]
 
 
-def wrap(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+PARALLEL_MODES = ("ddp", "fsdp")
+
+
+def wrap(model: torch.nn.Module, info: DistInfo, mode: str = "ddp") -> torch.nn.Module:
+    """The module to call forward on. DDP wraps (the model itself keeps plain parameters); FSDP2
+    shards the model in place (its parameters become DTensors), so build the optimizer after."""
     if not info.enabled:
+        return model
+    if mode == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.layers:
+            fully_shard(block)
+        fully_shard(model)
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     return DDP(model)
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """True once FSDP2 has sharded the model (its class is swapped to an FSDPModule subclass)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def full_state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Unsharded model and optimizer state dicts, on rank 0 only (others get empty dicts).
+    A collective: every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, opt, options=opts)
+
+
+def load_full_state(model: torch.nn.Module, opt: torch.optim.Optimizer, model_sd: dict, opt_sd: dict) -> None:
+    """Shard full state dicts (every rank read the same checkpoint file) back onto this rank."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    opts = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, model_sd, options=opts)
+    set_optimizer_state_dict(model, opt, opt_sd, options=opts)
 
 
 def mean(x: float, info: DistInfo) -> float:
@@ -77,3 +126,10 @@ def from_main(obj, info: DistInfo):
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def shutdown(info: DistInfo) -> None:
+    """Leave together: a rank that exits while another still has gloo work in flight aborts it."""
+    if info.enabled and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

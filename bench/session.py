@@ -132,6 +132,8 @@ class Session:
         self.write_summary()
         code = {"completed": 0, "preempted": 0, "diverged": 1}.get(status, 1)
         self.log.close(code)
+        if status != "failed":  # a failed rank leaves at once; torchrun tears the others down
+            distributed.shutdown(self.dist)
         if not self.dist.is_main:
             return code
         print(f"{status}: {self.run_dir}  (summary.json, metrics.jsonl, events.jsonl, evals.jsonl)", flush=True)

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from bench import distributed
+from bench.errors import BadInput
 from bench.numerics.monitor import NumericsMonitor
 from bench.numerics.policy import Decision, InstabilityPolicy
 from bench.precision.engines import PrecisionPlan, fallback_to_high_precision
@@ -88,7 +89,11 @@ class Trainer:
         """Finish an optimizer step whose backward has run: checks, policy, update, metrics."""
         self.scaler.unscale_(self.opt)
         params = [p for p in self.model.parameters() if p.grad is not None]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.grad_clip)) if params else 0.0
+        grad_norm = 0.0
+        if params:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.grad_clip)
+            # FSDP2: the norm of sharded DTensor grads is itself a DTensor; the global value.
+            grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         scaler_overflow = self.scaler.is_enabled() and not math.isfinite(grad_norm)
         numerics = self.monitor.collect()
         detections = self.policy.numerics_detections(self.monitor.records) if numerics else []
@@ -123,16 +128,28 @@ class Trainer:
         return metrics, decision
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
-                "scaler": self.scaler.state_dict(), "policy": self.policy.state_dict(),
+        """Everything resume needs. Under FSDP2 a collective: full state gathered onto rank 0."""
+        if distributed.is_sharded(self.model):
+            model_sd, opt_sd = distributed.full_state(self.model, self.opt)
+        else:
+            model_sd, opt_sd = self.model.state_dict(), self.opt.state_dict()
+        return {"model": model_sd, "opt": opt_sd, "opt_format": "fqn" if distributed.is_sharded(self.model) else "ids",
+                "sched": self.sched.state_dict(), "scaler": self.scaler.state_dict(), "policy": self.policy.state_dict(),
                 "fallbacks": [n for n in self.plan.high_precision_modules]}
 
     def load_state_dict(self, s: dict) -> None:
         for name in s.get("fallbacks", []):  # modules that fell back before the checkpoint stay bf16
             fallback_to_high_precision(self.model, self.plan, name)
         self.monitor.attach()
-        self.model.load_state_dict(s["model"])
-        self.opt.load_state_dict(s["opt"])
+        sharded, fqn = distributed.is_sharded(self.model), s.get("opt_format", "ids") == "fqn"
+        if sharded != fqn:  # optimizer state keyed by parameter name (FSDP) vs by index (plain/DDP)
+            raise BadInput("this checkpoint was written with parallel=" + ("fsdp" if fqn else "ddp or one process") +
+                             "; resume it the same way")
+        if sharded:
+            distributed.load_full_state(self.model, self.opt, s["model"], s["opt"])
+        else:
+            self.model.load_state_dict(s["model"])
+            self.opt.load_state_dict(s["opt"])
         self.sched.load_state_dict(s["sched"])
         self.scaler.load_state_dict(s["scaler"])
         self.policy.load_state_dict(s["policy"])

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from bench import distributed
+from bench.errors import BadInput
 from bench.eval import evaluate
 from bench.model import Transformer
 from bench.numerics.monitor import NumericsMonitor
@@ -27,6 +28,7 @@ from bench.training import OptimConfig, Trainer
 
 def train(s: Session) -> int:
     cfg, task, device = s.cfg, s.task, s.device
+    parallel = check_parallel(cfg)
 
     # 1. Model and precision: plan (validates recipe, engine, shapes), then swap the Linears.
     torch.manual_seed(cfg.seed)
@@ -37,10 +39,11 @@ def train(s: Session) -> int:
     apply_precision(model, plan, engine)
     stress.rehook(model)  # hook the module that now sits at that name
     monitor = NumericsMonitor(model, plan, cfg.monitor.interval, cfg.monitor.shadow, cfg.monitor.per_module)
+    # DDP under torchrun (a wrapper), FSDP2 (shards in place: before the optimizer is built).
+    forward = distributed.wrap(model, s.dist, parallel)
     trainer = Trainer(model, typed(OptimConfig, cfg.optim, "optim"), cfg.steps, plan, engine, monitor, policy,
                       emit=lambda ev: s.emit(ev), device=device, loss_scale_cfg=cfg.precision.get("loss_scale"),
                       dist_info=s.dist)
-    forward = distributed.wrap(model, s.dist)  # DDP under torchrun; the model itself otherwise
 
     # 2. Resume: model (with FP8 amax histories), optimizer, scheduler, scaler, detectors, RNG.
     start = 0
@@ -50,7 +53,8 @@ def train(s: Session) -> int:
         stress.rehook(model)
     s.open(cfg.steps, start)
     s.summary["engines"] = {"precision": plan.engine}
-    print_precision_state({"precision": plan}, model, device)
+    if s.dist.is_main:
+        print_precision_state({"precision": plan}, model, device)
 
     # 3. Train. The batch at step k is a pure function of (seed, k): resume needs no loader state.
     status, step = "completed", start
@@ -73,7 +77,8 @@ def train(s: Session) -> int:
             if decision.halt:
                 status = "diverged"
                 break
-            if ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps) and s.dist.is_main:
+            # FSDP: every rank runs the eval (its forwards all-gather); rank 0 alone logs it.
+            if ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps) and (s.dist.is_main or parallel == "fsdp"):
                 s.log_eval(step + 1, evaluate(model, task, trainer.context, device, cfg.eval_problems))
             stop = s.should_stop(step + 1)
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or stop:
@@ -90,6 +95,20 @@ def train(s: Session) -> int:
     finally:
         monitor.close()
     return s.finish(status, step + 1 if status != "diverged" else step)
+
+
+def check_parallel(cfg) -> str:
+    """parallel=ddp|fsdp, and the combinations FSDP2 cannot run here (exit 2 before compute)."""
+    parallel = str(cfg.get("parallel", "ddp"))
+    if parallel not in distributed.PARALLEL_MODES:
+        raise BadInput(f"parallel={parallel!r}; valid: {', '.join(distributed.PARALLEL_MODES)}")
+    if parallel == "fsdp":
+        if cfg.precision.name == "fp16":
+            # GradScaler's per-rank inf check on sharded grads would let ranks disagree on skipping.
+            raise BadInput("parallel=fsdp does not support precision=fp16 (loss scaling); use bf16 or an fp8 recipe")
+        if cfg.policy.get("action") == "fallback":
+            raise BadInput("parallel=fsdp does not support policy=fallback (it swaps modules of a sharded model)")
+    return parallel
 
 
 @hydra.main(config_path="../conf", config_name="pretrain", version_base="1.3")
