@@ -92,7 +92,28 @@ def versions() -> dict:
 def device_string(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({cpu_model()}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}{bf16_note()})"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def bf16_note() -> str:
+    """CPU bf16 speed hinges on native bf16 dot products (AVX512-BF16 or AMX): without them a
+    bf16 GEMM is emulated and can be 10x slower than fp32, which flips every ratio to bf16."""
+    try:
+        flags = set(next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")).split())
+    except (OSError, StopIteration):
+        return ""
+    native = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    return f", native bf16: {'+'.join(native)}" if native else ", no native bf16 (emulated)"
 
 
 def write_summary(path: Path, summary: dict) -> None:

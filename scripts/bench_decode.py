@@ -101,7 +101,9 @@ def main() -> int:
     }
     for k, v in ratios.items():
         print(f"{k:<40}{v:>8.2f}x")
-    result = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    from bench.rundir import device_string
+
+    result = {"device": device_string(torch.device(device)), "torch": torch.__version__, "threads": torch.get_num_threads(),
               "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
               "repeats": args.repeats, "tokens_per_s": {k: round(v, 1) for k, v in tps.items()},
               "ratios": {k: round(v, 3) for k, v in ratios.items()}}

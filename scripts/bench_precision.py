@@ -7,6 +7,7 @@ process on this machine. Warm-up steps are excluded; medians over the timed step
 from __future__ import annotations
 
 import argparse
+from importlib.metadata import version
 import json
 import statistics
 import sys
@@ -41,7 +42,10 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--recipes", nargs="*", default=RECIPES)
     a = ap.parse_args()
-    res = {"device": "cuda" if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
+    from bench.rundir import device_string
+
+    res = {"device": device_string(torch.device("cuda" if torch.cuda.is_available() else "cpu")), "torch": torch.__version__,
+           "torchao": version("torchao"),
            "threads": torch.get_num_threads(), "steps": a.steps, "warmup": a.warmup, "recipes": {}, "monitor": {}}
     base, _ = step_time(["precision=bf16", "monitor=off"], a.steps, a.warmup)
     for r in a.recipes:
