@@ -109,7 +109,9 @@ def load_full_state(model: torch.nn.Module, opt: torch.optim.Optimizer, model_sd
 def mean(x: float, info: DistInfo) -> float:
     if not info.enabled:
         return x
-    t = torch.tensor([x], dtype=torch.float64)
+    # NCCL reduces CUDA tensors only; gloo takes CPU ones.
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([x], dtype=torch.float64, device=dev)
     dist.all_reduce(t)
     return float(t) / info.world
 

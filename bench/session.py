@@ -63,8 +63,10 @@ class Session:
                            f"model.max_seq_len={self.model_cfg.max_seq_len}")
         self.device = pick_device(str(cfg.get("device", "auto")))
         self.dist = distributed.init(self.device)
-        if self.dist.enabled and int(cfg.get("batch_size", cfg.get("grpo", {}).get("prompts_per_step", 0))) % self.dist.world:
-            raise BadInput(f"batch_size={cfg.get('batch_size')} is not divisible by the {self.dist.world} ranks")
+        key = "batch_size" if "batch_size" in cfg else "grpo.prompts_per_step"
+        n = OmegaConf.select(cfg, key, default=0)
+        if self.dist.enabled and int(n) % self.dist.world:
+            raise BadInput(f"{key}={n} is not divisible by the {self.dist.world} ranks")
         self.resume = bool(cfg.get("resume", False))
         if self.dist.is_main:  # rank 0 alone creates and owns the run dir
             self.run_dir = rundir.prepare(cfg.run_dir, self.resume)

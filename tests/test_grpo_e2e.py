@@ -80,3 +80,13 @@ def test_resumed_grpo_run_matches_uninterrupted_run_bitwise_in_fp32(tmp_path):
     a = {m["step"]: [m[k] for k in keys] for m in read_jsonl(full / "metrics.jsonl")}
     b = {m["step"]: [m[k] for k in keys] for m in read_jsonl(part / "metrics.jsonl")}
     assert a == b
+
+
+def test_fp8_kv_cache_logs_its_saturation_and_a_plain_cache_does_not(tmp_path):
+    logged = {}
+    for kv in ("fp8", "auto"):
+        d = tmp_path / kv
+        assert run_in_process("grpo", short(tmp_path, "steps=2", f"generator.kv_cache_dtype={kv}", f"run_dir={d}")) == 0
+        logged[kv] = [m.get("rollout/kv_saturation_frac") for m in read_jsonl(d / "metrics.jsonl")]
+    assert all(v is not None and 0.0 <= v <= 1.0 for v in logged["fp8"])
+    assert logged["auto"] == [None, None]

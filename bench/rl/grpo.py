@@ -31,11 +31,12 @@ class GRPOConfig:
     top_k: int = 0
     top_p: float = 1.0
     max_new_tokens: int = 0         # 0: the task's answer length + EOS
+    rollout_shards: int = 1         # sampling RNG streams per step (bench/rl/rollout_shards.py); = world under torchrun
 
     def validate(self) -> str | None:
         if self.loss_agg not in ("token_mean", "seq_mean_token_mean"):
             return f"grpo.loss_agg={self.loss_agg!r}; valid: token_mean, seq_mean_token_mean"
-        for k in ("group_size", "prompts_per_step", "ppo_epochs", "minibatches"):
+        for k in ("group_size", "prompts_per_step", "ppo_epochs", "minibatches", "rollout_shards"):
             if getattr(self, k) <= 0:
                 return f"grpo.{k}={getattr(self, k)} must be positive"
         if self.group_size * self.prompts_per_step % self.minibatches:
@@ -60,22 +61,28 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
-def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str, token_norm: float | None = None) -> torch.Tensor:
     """token_mean: every valid token weighs the same (long answers weigh more);
-    seq_mean_token_mean: mean over each sequence's tokens, then over sequences."""
+    seq_mean_token_mean: mean over each sequence's tokens, then over sequences.
+    token_norm (token_mean only): divide the masked sum by this instead of this batch's token count."""
     m = mask.float()
     if how == "token_mean":
-        return masked_mean(per_token, m)
+        return masked_mean(per_token, m) if token_norm is None else (per_token * m).sum() / token_norm
     per_seq = (per_token * m).sum(1) / m.sum(1).clamp(min=1)
     has = m.sum(1) > 0
     return per_seq[has].mean() if has.any() else per_seq.sum() * 0
 
 
 def policy_loss(lp_new: torch.Tensor, lp_old: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
-                is_weights: torch.Tensor, cfg: GRPOConfig, lp_ref: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, dict[str, float]]:
+                is_weights: torch.Tensor, cfg: GRPOConfig, lp_ref: torch.Tensor | None = None,
+                token_norm: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped surrogate: −min(ρ·A, clip(ρ, 1−eps_low, 1+eps_high)·A) · w, ρ = pi_new/pi_old,
-    w the detached IS weight; plus kl_coef · k3(pi_ref ‖ pi_new) per token when enabled."""
+    w the detached IS weight; plus kl_coef · k3(pi_ref ‖ pi_new) per token when enabled.
+
+    token_norm: for loss_agg=token_mean, the denominator replacing this batch's valid-token count.
+    Under DDP each rank holds a shard of the minibatch and DDP averages the ranks' gradients;
+    passing (valid tokens of the whole minibatch, all ranks) / world makes that average exactly
+    the 1-process token mean (bench/rl/rollout_shards.py: token_norm). None: the local count."""
     m = mask.float()
     ratio = torch.exp((lp_new - lp_old).clamp(-20, 20))
     a = adv[:, None]
@@ -92,10 +99,14 @@ def policy_loss(lp_new: torch.Tensor, lp_old: torch.Tensor, adv: torch.Tensor, m
             per_token = per_token + cfg.kl_coef * k3
     else:
         metrics["rl/kl_ref"] = 0.0
-    return aggregate(per_token, mask, cfg.loss_agg), metrics
+    return aggregate(per_token, mask, cfg.loss_agg, token_norm), metrics
+
+
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """[B, T] entropy of softmax(logits / T) per position (fp32)."""
+    logp = torch.log_softmax(logits.float() / temperature, -1)
+    return -(logp.exp() * logp).sum(-1)
 
 
 def entropy_from_logits(logits: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0) -> float:
-    logp = torch.log_softmax(logits.float() / temperature, -1)
-    ent = -(logp.exp() * logp).sum(-1)
-    return float(masked_mean(ent, mask.float()))
+    return float(masked_mean(token_entropy(logits, temperature), mask.float()))
