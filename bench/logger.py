@@ -36,15 +36,23 @@ class WandbSink:
                 group=cfg.get("group") or rc.get("sweep") or rc.get("recipe"),
                 job_type=rc.get("recipe"),
                 tags=[t for t in (rc.get("recipe"), precision, rc.get("task", {}).get("name"), rc.get("sweep")) if t],
-                id=rc.get("wandb_id"), resume="allow" if resume else None,
+                id=rc.get("wandb_id") or self._previous_id(run_dir, resume), resume="allow" if resume else None,
                 settings=wandb.Settings(silent=True),
             )
+            # A resumed run continues the same wandb run: one wandb run per job, preempted or not.
+            (Path(run_dir) / "wandb").mkdir(exist_ok=True)
+            (Path(run_dir) / "wandb" / "fp8bench_run_id").write_text(self.run.id)
             # train/*, eval/*, numerics/* ... all share the trainer step as their x axis.
             self.run.define_metric("step")
             self.run.define_metric("*", step_metric="step")
         except Exception as e:  # never let wandb stop a run
             print(f"fp8bench: wandb disabled for this run ({type(e).__name__}: {e})", file=sys.stderr)
             self.run = None
+
+    @staticmethod
+    def _previous_id(run_dir, resume: bool):
+        f = Path(run_dir) / "wandb" / "fp8bench_run_id"
+        return f.read_text().strip() if resume and f.is_file() else None
 
     def log(self, record: dict):
         if self.run is None:
