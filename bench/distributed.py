@@ -79,6 +79,18 @@ def wrap(model: torch.nn.Module, info: DistInfo, mode: str = "ddp") -> torch.nn.
     return DDP(model)
 
 
+def check_parallel(parallel: str, precision: str, policy_action: str) -> str | None:
+    """Why `parallel` cannot run with this precision / policy (None: it can). Checked before compute."""
+    if parallel not in PARALLEL_MODES:
+        return f"parallel={parallel!r}; valid: {', '.join(PARALLEL_MODES)}"
+    if parallel == "fsdp" and precision == "fp16":
+        # GradScaler's per-rank inf check on sharded grads would let ranks disagree on skipping.
+        return "parallel=fsdp does not support precision=fp16 (loss scaling); use bf16 or an fp8 recipe"
+    if parallel == "fsdp" and policy_action == "fallback":
+        return "parallel=fsdp does not support policy=fallback (it swaps modules of a sharded model)"
+    return None
+
+
 def is_sharded(model: torch.nn.Module) -> bool:
     """True once FSDP2 has sharded the model (its class is swapped to an FSDPModule subclass)."""
     from torch.distributed.fsdp import FSDPModule

@@ -55,6 +55,9 @@ def build(s: Session):
         check_options(isc.mode, isc.cap, isc.lo, isc.hi, isc.veto, isc.get("lower_cap"))
     except ValueError as e:
         raise BadInput(f"is_correction: {e}") from None
+    parallel = str(cfg.get("parallel", "ddp"))
+    if (reason := distributed.check_parallel(parallel, cfg.trainer_precision.name, cfg.policy.get("action", "log"))):
+        raise BadInput(reason)
     try:
         shards = resolve_shards(g.rollout_shards, s.dist.world, g.prompts_per_step, g.group_size, g.minibatches)
     except ValueError as e:
@@ -82,11 +85,12 @@ def build(s: Session):
     ref = copy.deepcopy(model).eval().requires_grad_(False) if g.kl_coef > 0 else None
     apply_precision(model, plan, engine)
     monitor = NumericsMonitor(model, plan, cfg.monitor.interval, cfg.monitor.shadow, cfg.monitor.per_module)
+    # DDP wraps the update's forward; FSDP2 shards the model in place, before the optimizer exists.
+    forward = distributed.wrap(model, s.dist, parallel)
     total_updates = cfg.steps * g.ppo_epochs * g.minibatches
     trainer = Trainer(model, typed(OptimConfig, cfg.optim, "optim"), total_updates, plan, engine, monitor, policy,
                       emit=lambda ev: s.emit(ev), device=device, loss_scale_cfg=cfg.trainer_precision.get("loss_scale"),
                       dist_info=s.dist)
-    forward = distributed.wrap(model, s.dist)  # DDP for the update's forward; the model itself otherwise
     return g, shards, model, forward, ref, plan, generator, monitor, trainer
 
 
@@ -140,9 +144,12 @@ def train(s: Session) -> int:
     s.open(cfg.steps, start)
     s.summary["engines"] = {"trainer": plan.engine, "generator": generator.engine_name}
     s.summary["warmstart"] = s.warmstart
+    s.summary["parallel"] = ("fsdp" if distributed.is_sharded(model) else "ddp") if s.dist.enabled else "none"
     if s.dist.is_main:
         print_precision_state({"trainer": plan, "generator": generator.plan}, model, device)
-    if start == 0 and s.dist.is_main:
+    # Under FSDP every rank runs the eval (its forwards all-gather weights); rank 0 alone logs.
+    evals_here = s.dist.is_main or distributed.is_sharded(model)
+    if start == 0 and evals_here:
         s.log_eval(0, evaluate(model, s.task, trainer.context, device, cfg.eval_problems))
 
     status, step = "completed", start
@@ -207,9 +214,10 @@ def train(s: Session) -> int:
             if decision is not None and decision.halt:
                 status = "diverged"
                 break
-            if ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps) and s.dist.is_main:
+            if ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps) and evals_here:
                 s.log_eval(step + 1, evaluate(model, s.task, trainer.context, device, cfg.eval_problems))
-                save_samples(s, step + 1, loc["problems"], loc["tokens"], rewards, P)  # rank 0's rows lead
+                if s.dist.is_main:
+                    save_samples(s, step + 1, loc["problems"], loc["tokens"], rewards, P)  # rank 0's rows lead
             stop = s.should_stop(step + 1)
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or stop:
                 s.save(step + 1, {"trainer": trainer.state_dict(), "opt_step": opt_step})

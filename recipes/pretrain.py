@@ -28,7 +28,9 @@ from bench.training import OptimConfig, Trainer
 
 def train(s: Session) -> int:
     cfg, task, device = s.cfg, s.task, s.device
-    parallel = check_parallel(cfg)
+    parallel = str(cfg.get("parallel", "ddp"))
+    if (reason := distributed.check_parallel(parallel, cfg.precision.name, cfg.policy.get("action", "log"))):
+        raise BadInput(reason)
 
     # 1. Model and precision: plan (validates recipe, engine, shapes), then swap the Linears.
     torch.manual_seed(cfg.seed)
@@ -53,6 +55,7 @@ def train(s: Session) -> int:
         stress.rehook(model)
     s.open(cfg.steps, start)
     s.summary["engines"] = {"precision": plan.engine}
+    s.summary["parallel"] = ("fsdp" if distributed.is_sharded(model) else "ddp") if s.dist.enabled else "none"
     if s.dist.is_main:
         print_precision_state({"precision": plan}, model, device)
 
@@ -95,20 +98,6 @@ def train(s: Session) -> int:
     finally:
         monitor.close()
     return s.finish(status, step + 1 if status != "diverged" else step)
-
-
-def check_parallel(cfg) -> str:
-    """parallel=ddp|fsdp, and the combinations FSDP2 cannot run here (exit 2 before compute)."""
-    parallel = str(cfg.get("parallel", "ddp"))
-    if parallel not in distributed.PARALLEL_MODES:
-        raise BadInput(f"parallel={parallel!r}; valid: {', '.join(distributed.PARALLEL_MODES)}")
-    if parallel == "fsdp":
-        if cfg.precision.name == "fp16":
-            # GradScaler's per-rank inf check on sharded grads would let ranks disagree on skipping.
-            raise BadInput("parallel=fsdp does not support precision=fp16 (loss scaling); use bf16 or an fp8 recipe")
-        if cfg.policy.get("action") == "fallback":
-            raise BadInput("parallel=fsdp does not support policy=fallback (it swaps modules of a sharded model)")
-    return parallel
 
 
 @hydra.main(config_path="../conf", config_name="pretrain", version_base="1.3")

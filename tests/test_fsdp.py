@@ -44,7 +44,7 @@ def test_fsdp_two_processes_match_one_process_within_tolerance(tmp_path, precisi
     ea, eb = read_jsonl(one / "evals.jsonl"), read_jsonl(two / "evals.jsonl")
     assert [e["step"] for e in ea] == [e["step"] for e in eb] == [4, 8]
     s = json.loads((two / "summary.json").read_text())
-    assert s["status"] == "completed" and s["world_size"] == 2
+    assert s["status"] == "completed" and s["world_size"] == 2 and s["parallel"] == "fsdp"
 
 
 def test_fsdp_run_stopped_and_resumed_matches_uninterrupted_fsdp_run(tmp_path):

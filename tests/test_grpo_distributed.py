@@ -92,17 +92,20 @@ def test_bad_rollout_shards_is_bad_input_before_compute(tmp_path, args, needle):
     assert not (tmp_path / "cache").exists() and not (tmp_path / "r" / "metrics.jsonl").exists()
 
 
-def test_two_process_grpo_matches_one_process_with_two_rollout_shards(tmp_path):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_process_grpo_matches_one_process_with_two_rollout_shards(tmp_path, parallel):
     """Same shards, same seeded streams, same batch per generate call: the sampled tokens (so the
     rewards and lengths) are identical; losses and mismatch differ only by fp32 summation order
-    (DDP's all-reduce, per-rank vs whole-batch GEMMs in the update)."""
+    (DDP's all-reduce or FSDP's reduce-scatter, per-rank vs whole-batch GEMMs in the update).
+    Under FSDP the generator's refit all-gathers the sharded weights."""
     one, two = tmp_path / "one", tmp_path / "two"
     # The 1-process run trains and caches the warm-up; both torchrun ranks then load it (rank 0
     # first, the other after a barrier), so all three start from the same weights, bitwise.
     common = SHORT + [f"warmup.cache_dir={tmp_path / 'cache'}"]
     assert run_in_process("grpo", common + ["grpo.rollout_shards=2", f"run_dir={one}"]) == 0
     r = run_cli(["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-                 "--master_addr=127.0.0.1", "-m", "recipes.grpo", *common, f"run_dir={two}"], timeout=300)
+                 "--master_addr=127.0.0.1", "-m", "recipes.grpo", *common, f"parallel={parallel}", f"run_dir={two}"],
+                timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = read_jsonl(one / "metrics.jsonl"), read_jsonl(two / "metrics.jsonl")
     assert [m["step"] for m in a] == [m["step"] for m in b] == [0, 1, 2, 3]  # rank 0 alone writes
@@ -120,14 +123,15 @@ def test_two_process_grpo_matches_one_process_with_two_rollout_shards(tmp_path):
     sa, sb = read_jsonl(one / "samples.jsonl"), read_jsonl(two / "samples.jsonl")
     assert [s["completion"] for s in sa] == [s["completion"] for s in sb]
     summary = json.loads((two / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["world_size"] == 2
+    assert summary["status"] == "completed" and summary["world_size"] == 2 and summary["parallel"] == parallel
     assert summary["warmstart"]["cached"] is True
 
 
-def test_two_process_grpo_resume_is_bitwise(tmp_path):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_process_grpo_resume_is_bitwise(tmp_path, parallel):
     """No sampler state in the checkpoint: each shard's stream is recomputed from (seed, step, rank)."""
     full, part = tmp_path / "full", tmp_path / "part"
-    common = SHORT + [f"warmup.cache_dir={tmp_path / 'cache'}", "checkpoint_every=2"]
+    common = SHORT + [f"warmup.cache_dir={tmp_path / 'cache'}", "checkpoint_every=2", f"parallel={parallel}"]
 
     def torchrun(*args):
         r = run_cli(["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",

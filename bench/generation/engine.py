@@ -168,6 +168,8 @@ class Generator:
         own = self.model.state_dict()
         for k in self._keys:
             s = src[k].detach()
+            if hasattr(s, "full_tensor"):  # an FSDP2-sharded trainer: all-gather (every rank, same order)
+                s = s.full_tensor()
             mod = self._fp8.get(k.rsplit(".", 1)[0])
             if mod is not None:
                 mod.load_weight(s)  # checks the shape, quantizes into fresh FP8 buffers
