@@ -192,6 +192,7 @@ def run_recipe(cfg, recipe: str, body) -> None:
     except BadInput as e:
         print(f"fp8bench: error: {e}", file=sys.stderr)
         sys.exit(2)
+    distributed.leave(session.dist, code)  # torchrun workers only; returns in a single process
     if code and not _in_multirun():
         sys.exit(code)  # under -m a diverged job must not end the sweep: its summary says diverged
 
