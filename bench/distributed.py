@@ -152,9 +152,9 @@ def shutdown(info: DistInfo) -> None:
 def leave(info: DistInfo, code: int) -> None:
     """End a torchrun worker after `shutdown`, skipping interpreter teardown (os._exit). In that
     teardown, process-group threads still referenced by FSDP's device mesh occasionally abort the
-    worker (`terminate called without an active exception`: twice in about 40 FSDP torchrun runs on CPU,
-    even after destroy_process_group), which turns a completed run into a failed job. By now the
-    run dir is closed and flushed; only the std streams need flushing."""
+    worker (`terminate called without an active exception`, even after destroy_process_group;
+    seen twice in one CPU test run, not reproducible on demand), which turns a completed run
+    into a failed job. By now the run dir is closed and flushed; only std streams need it."""
     if info.enabled:
         sys.stdout.flush()
         sys.stderr.flush()

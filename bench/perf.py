@@ -72,6 +72,7 @@ from bench.precision.engines import ENGINES, apply_precision, plan_precision
 from bench.precision.mixed import HIGH_PRECISION, is_fp8
 from bench.precision.recipes import RECIPES
 from bench.rundir import device_string, versions
+from bench.session import typed
 from bench.training import OptimConfig, Trainer
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -107,13 +108,31 @@ def mfu(tokens_per_s: float | None, fpt: int, peak: float | None) -> float | Non
 
 
 def load_model_cfg(name: str) -> ModelConfig:
-    node = OmegaConf.load(CONF / "model" / f"{name}.yaml")
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), node))
+    return typed(ModelConfig, OmegaConf.load(CONF / "model" / f"{name}.yaml"), "model")
 
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def round_robin_times(runs: dict, repeats: int, device: torch.device) -> tuple[dict, dict]:
+    """Time each callable `repeats` times, interleaved (run 1 of every row, then run 2, ...), so
+    drift in machine load hits every row alike. Returns (seconds per row, errors per row); a row
+    that raises (e.g. OOM) is dropped from later rounds and the others go on."""
+    times, errors, live = {k: [] for k in runs}, {}, dict(runs)
+    for _ in range(repeats):
+        for k, run in list(live.items()):
+            try:
+                sync(device)
+                t0 = time.perf_counter()
+                run()
+                sync(device)
+                times[k].append(time.perf_counter() - t0)
+            except Exception as e:
+                errors[k] = one_line(e)
+                del live[k]
+    return times, errors
 
 
 def one_line(e: BaseException) -> str:
@@ -213,18 +232,9 @@ def run_decode(a, cfg, device) -> tuple[list[dict], dict]:
         except Exception as e:
             rows[r].update(status="error", error=one_line(e))
     del src
-    times = {r: [] for r in runs}
-    for _ in range(a.decode_repeats):
-        for r, run in list(runs.items()):
-            try:
-                sync(device)
-                t0 = time.perf_counter()
-                run()
-                sync(device)
-                times[r].append(time.perf_counter() - t0)
-            except Exception as e:  # e.g. OOM: this generator is out, the others go on
-                rows[r].update(status="error", error=one_line(e))
-                del runs[r]
+    times, errors = round_robin_times(runs, a.decode_repeats, device)
+    for r, err in errors.items():  # e.g. OOM: this generator is out, the others went on
+        rows[r].update(status="error", error=err)
     for r, ts in times.items():
         if rows[r]["status"] == "ok":
             rows[r].update(gen_s=[round(t, 6) for t in ts], gen_s_median=statistics.median(ts),

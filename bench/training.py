@@ -129,11 +129,12 @@ class Trainer:
 
     def state_dict(self) -> dict:
         """Everything resume needs. Under FSDP2 a collective: full state gathered onto rank 0."""
-        if distributed.is_sharded(self.model):
+        sharded = distributed.is_sharded(self.model)
+        if sharded:
             model_sd, opt_sd = distributed.full_state(self.model, self.opt)
         else:
             model_sd, opt_sd = self.model.state_dict(), self.opt.state_dict()
-        return {"model": model_sd, "opt": opt_sd, "opt_format": "fqn" if distributed.is_sharded(self.model) else "ids",
+        return {"model": model_sd, "opt": opt_sd, "opt_format": "fqn" if sharded else "ids",
                 "sched": self.sched.state_dict(), "scaler": self.scaler.state_dict(), "policy": self.policy.state_dict(),
                 "fallbacks": [n for n in self.plan.high_precision_modules]}
 

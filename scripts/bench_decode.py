@@ -23,7 +23,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -31,9 +30,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.generation import Generator  # noqa: E402
-from bench.model import ModelConfig, Transformer  # noqa: E402
+from bench.model import Transformer  # noqa: E402
+from bench.perf import load_model_cfg, round_robin_times  # noqa: E402
 
-CFG = ModelConfig(name="tiny", vocab_size=128, d_model=128, n_layers=4, n_heads=4, d_ff=384, max_seq_len=96)
+CFG = load_model_cfg("tiny")  # conf/model/tiny.yaml, as the recipes build it
 ROWS = [  # (label, generator precision, use_kv_cache, kv_cache_dtype)
     ("bf16 kv-cache", "bf16", True, "auto"),
     ("bf16 no-cache", "bf16", False, "auto"),
@@ -43,11 +43,6 @@ ROWS = [  # (label, generator precision, use_kv_cache, kv_cache_dtype)
     ("fp8_blockwise kv-cache", "fp8_blockwise", True, "auto"),
     ("bf16 fp8-kv-cache", "bf16", True, "fp8"),
 ]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> int:
@@ -75,14 +70,9 @@ def main() -> int:
                                             use_kv_cache=kv)
         run()  # warm-up: allocator, kernel selection, lazy init
         gens[label] = run
-    times = {label: [] for label in gens}
-    for _ in range(args.repeats):
-        for label, run in gens.items():
-            sync(device)
-            t0 = time.perf_counter()
-            run()
-            sync(device)
-            times[label].append(time.perf_counter() - t0)
+    times, errors = round_robin_times(gens, args.repeats, device)
+    if errors:
+        raise RuntimeError(f"decode rows failed: {errors}")
 
     n_tok = args.batch * args.new_tokens
     tps = {label: n_tok / statistics.median(ts) for label, ts in times.items()}

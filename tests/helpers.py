@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,12 @@ def run_cli(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def run_torchrun(args: list[str], nproc: int = 2, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node=nproc -m <args>` on a free local port (gloo on CPU)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return run_cli(["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}",
+                    "--master_addr=127.0.0.1", "-m", *args], timeout=timeout)

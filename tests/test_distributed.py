@@ -1,24 +1,16 @@
 """torchrun with gloo: 2-process DDP matches the 1-process run with the same global batch."""
 import json
-import socket
 
-from helpers import read_jsonl, run_cli
+from helpers import read_jsonl, run_cli, run_torchrun
 
 ARGS = ["recipes.pretrain", "precision=fp32", "model.n_layers=2", "batch_size=16", "steps=8", "eval_every=8",
         "eval_problems=16", "monitor.interval=4", "logger=disabled", "threads=1"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_ddp_matches_one_process_within_tolerance(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     assert run_cli(["-m", *ARGS, f"run_dir={one}"]).returncode == 0
-    r = run_cli(["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-                 "--master_addr=127.0.0.1", "-m", *ARGS, f"run_dir={two}"], timeout=600)
+    r = run_torchrun([*ARGS, f"run_dir={two}"])
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = read_jsonl(one / "metrics.jsonl"), read_jsonl(two / "metrics.jsonl")
     assert len(a) == len(b) == 8  # rank 0 alone writes: no duplicate lines

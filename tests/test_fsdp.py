@@ -1,24 +1,16 @@
 """torchrun with gloo: FSDP2 (fully_shard per block) matches the 1-process run and resumes exactly."""
 import json
-import socket
 
 import pytest
 
-from helpers import read_jsonl, run_cli
+from helpers import read_jsonl, run_cli, run_torchrun
 
 ARGS = ["recipes.pretrain", "model.n_layers=2", "batch_size=16", "steps=8", "eval_every=4", "checkpoint_every=4",
         "eval_problems=16", "monitor.interval=4", "logger=disabled", "threads=1"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def torchrun(args: list[str]):
-    r = run_cli(["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-                 "--master_addr=127.0.0.1", "-m", *ARGS, "parallel=fsdp", *args], timeout=600)
+    r = run_torchrun([*ARGS, "parallel=fsdp", *args])
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
@@ -65,3 +57,13 @@ def test_unsupported_parallel_settings_exit_2_with_one_line(tmp_path, override, 
     extra = [] if override.startswith("parallel=") else ["parallel=fsdp"]
     r = run_cli(["-m", *ARGS, override, *extra, f"run_dir={tmp_path / 'r'}"])
     assert r.returncode == 2 and message in r.stderr and not (tmp_path / "r" / "metrics.jsonl").exists()
+
+
+def test_one_process_checkpoint_resumed_under_fsdp_is_refused_with_one_line(tmp_path):
+    """Plain checkpoints key optimizer state by index, FSDP ones by parameter name: mixing them
+    must be a clear refusal, not a silent mis-load."""
+    d = tmp_path / "run"
+    assert run_cli(["-m", *ARGS, "precision=fp32", f"run_dir={d}", "stop_after=4"]).returncode == 0
+    r = run_torchrun([*ARGS, "precision=fp32", "parallel=fsdp", f"run_dir={d}", "resume=true"])
+    assert r.returncode != 0  # each rank exits 2; torchrun reports its own failure code
+    assert "this checkpoint was written with parallel=ddp or one process; resume it the same way" in r.stderr

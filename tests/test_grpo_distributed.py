@@ -1,6 +1,5 @@
 """GRPO under torchrun: rollout shards, the exact DDP token-mean loss, 2 gloo processes vs 1 process."""
 import json
-import socket
 
 import pytest
 import torch
@@ -8,7 +7,7 @@ import torch
 from bench.errors import BadInput
 from bench.rl.grpo import GRPOConfig, policy_loss
 from bench.rl.rollout_shards import minibatch_rows, resolve_shards, shard_seed
-from helpers import read_jsonl, run_cli, run_in_process
+from helpers import read_jsonl, run_in_process, run_torchrun
 
 # Two layers, 4 prompts x 4 samples, 2 minibatches: seconds per run. An 80-step warm-up on 3-letter
 # reversal sampled at T=1.5: groups get mixed rewards (so updates run) and responses of unequal
@@ -19,12 +18,6 @@ SHORT = ["model.n_layers=2", "task.length=3", "steps=4", "eval_every=4", "checkp
          "warmup.steps=80",
          "monitor.interval=2", "trainer_precision=fp32", "generator_precision=fp32", "is_correction=tis",
          "is_correction.batch_normalize=true", "logger=disabled", "threads=1"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_token_norm_makes_the_mean_of_shard_losses_the_global_token_mean():
@@ -103,9 +96,7 @@ def test_two_process_grpo_matches_one_process_with_two_rollout_shards(tmp_path, 
     # first, the other after a barrier), so all three start from the same weights, bitwise.
     common = SHORT + [f"warmup.cache_dir={tmp_path / 'cache'}"]
     assert run_in_process("grpo", common + ["grpo.rollout_shards=2", f"run_dir={one}"]) == 0
-    r = run_cli(["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-                 "--master_addr=127.0.0.1", "-m", "recipes.grpo", *common, f"parallel={parallel}", f"run_dir={two}"],
-                timeout=300)
+    r = run_torchrun(["recipes.grpo", *common, f"parallel={parallel}", f"run_dir={two}"], timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = read_jsonl(one / "metrics.jsonl"), read_jsonl(two / "metrics.jsonl")
     assert [m["step"] for m in a] == [m["step"] for m in b] == [0, 1, 2, 3]  # rank 0 alone writes
@@ -134,8 +125,7 @@ def test_two_process_grpo_resume_is_bitwise(tmp_path, parallel):
     common = SHORT + [f"warmup.cache_dir={tmp_path / 'cache'}", "checkpoint_every=2", f"parallel={parallel}"]
 
     def torchrun(*args):
-        r = run_cli(["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-                     "--master_addr=127.0.0.1", "-m", "recipes.grpo", *common, *args], timeout=300)
+        r = run_torchrun(["recipes.grpo", *common, *args], timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
 
     torchrun(f"run_dir={full}")  # rank 0 trains and caches the warm-up; rank 1 loads it after a barrier

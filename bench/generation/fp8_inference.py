@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 
 from bench.precision.quantize import Quantized, quantize
-from bench.precision.recipes import get_recipe, validate_shape
+from bench.precision.recipes import get_recipe, unsupported_linear
 
 KeepSpec = Callable[[str], bool] | Iterable[str] | None
 DEFAULT_KEEP = ("lm_head",)
@@ -140,12 +140,8 @@ def swap_linears_to_fp8(model: nn.Module, recipe, keep: KeepSpec = None) -> tupl
     for name, mod in model.named_modules():
         if isinstance(mod, nn.Linear):
             (kept if keeps(name) else fp8).append(name)
-    for name in fp8:
-        mod = model.get_submodule(name)
-        reason = validate_shape(recipe, mod.out_features, mod.in_features)
-        if reason:
-            raise ValueError(f"{name} [{mod.out_features}x{mod.in_features}] cannot run {recipe.name}: {reason}; "
-                             f"keep it in high precision or resize the model")
+    if (reason := unsupported_linear(model, recipe, fp8)):
+        raise ValueError(f"{reason}; keep it in high precision or resize the model")
     for name in fp8:
         model.set_submodule(name, FP8InferenceLinear.from_linear(model.get_submodule(name), recipe, name))
     return fp8, kept

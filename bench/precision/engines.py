@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from bench.errors import BadInput
 from bench.precision.mixed import is_fp8
-from bench.precision.recipes import Recipe, get_recipe, validate_shape
+from bench.precision.recipes import Recipe, get_recipe, unsupported_linear
 
 
 @dataclass
@@ -211,12 +211,9 @@ def plan_precision(model: nn.Module, precision_cfg, device: torch.device) -> tup
     except ValueError as e:
         raise BadInput(str(e)) from None
     fp8, keep = select_fp8_modules(model, precision_cfg.get("keep_high_precision"))
-    for n in fp8:
-        mod = model.get_submodule(n)
-        reason = validate_shape(recipe, mod.out_features, mod.in_features)
-        if reason:
-            raise BadInput(f"{n} [{mod.out_features}x{mod.in_features}] cannot run {name}: {reason}; "
-                           f"keep it in high precision (precision.keep_high_precision.patterns) or resize the model")
+    if (reason := unsupported_linear(model, recipe, fp8)):
+        raise BadInput(f"{reason}; keep it in high precision (precision.keep_high_precision.patterns) "
+                       f"or resize the model")
     engine = choose_engine(precision_cfg.get("engine", "auto"), recipe, device)
     return PrecisionPlan(name=name, engine=engine.name, recipe=recipe, fp8_modules=fp8, high_precision_modules=keep), engine
 

@@ -136,3 +136,14 @@ def validate_shape(recipe, out_features: int, in_features: int) -> str | None:
         if bad:
             return f"{r.name} needs in_features and out_features divisible by mx_block={r.mx_block} ({', '.join(bad)})"
     return None
+
+
+def unsupported_linear(model, recipe, names) -> str | None:
+    """The first of the Linears `names` (dotted, in `model`) that `recipe` cannot run, as
+    '<name> [out x in] cannot run <recipe>: <why>', or None when all of them can."""
+    r = get_recipe(recipe)
+    for name in names:
+        mod = model.get_submodule(name)
+        if (reason := validate_shape(r, mod.out_features, mod.in_features)):
+            return f"{name} [{mod.out_features}x{mod.in_features}] cannot run {r.name}: {reason}"
+    return None

@@ -106,7 +106,3 @@ def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
     """[B, T] entropy of softmax(logits / T) per position (fp32)."""
     logp = torch.log_softmax(logits.float() / temperature, -1)
     return -(logp.exp() * logp).sum(-1)
-
-
-def entropy_from_logits(logits: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0) -> float:
-    return float(masked_mean(token_entropy(logits, temperature), mask.float()))
