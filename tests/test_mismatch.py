@@ -31,10 +31,10 @@ def direct(lp_g, lp_t, mask):
     rc = np.array([clamp(x) for x in r])
     pt, pg = np.array([np.exp(t) for _, t in tok]), np.array([np.exp(g) for g, _ in tok])
     js = []
-    for (g, _), x in zip(tok, rc):
-        t = g + x                                   # the trainer side with r clamped
+    for g, t in tok:
         lm = np.log(0.5 * np.exp(t) + 0.5 * np.exp(g))
-        js.append(0.5 * (np.exp(lm - t) - (lm - t) - 1) + 0.5 * (np.exp(lm - g) - (lm - g) - 1))
+        a, b = clamp(lm - t), clamp(lm - g)          # §6: the exponentiated log-ratios are lm − lp
+        js.append(0.5 * (np.exp(a) - a - 1) + 0.5 * (np.exp(b) - b - 1))
     d = np.array([lg.mean() - lt.mean() for lg, lt in seqs])
     seq_err = np.array([np.mean([np.exp(abs(clamp(t - g))) for g, t in zip(lg, lt)]) for lg, lt in seqs])
     seq_sum = np.array([clamp(sum(t - g for g, t in zip(lg, lt))) for lg, lt in seqs])
@@ -103,6 +103,18 @@ def test_extreme_ratios_stay_finite_because_log_ratios_are_clamped():
     assert all(math.isfinite(v) for v in got.values())
     assert got["mismatch/logp_abs_diff_max"] == pytest.approx(50.0, rel=1e-6)   # |r| is not clamped
     assert got["mismatch/chi2_token"] < math.exp(40)                               # ρ² ≤ e^40
+
+
+@pytest.mark.parametrize("r", [-40.0, -25.0, 30.0])
+def test_js_clamps_lm_minus_lp_not_r(r):
+    # At r = −40, lm − lp_t = log(½ + ½e^40) ≈ 39.3 clamps to 20; clamping r first gave 19.3,
+    # i.e. half of e^20 (the review's factor of 2).
+    g, t = -1.0, -1.0 + r
+    lm = math.log(0.5 * math.exp(t) + 0.5 * math.exp(g))
+    a, b = max(-C, min(C, lm - t)), max(-C, min(C, lm - g))
+    want = 0.5 * (math.exp(a) - a - 1) + 0.5 * (math.exp(b) - b - 1)
+    m = mismatch_metrics(torch.tensor([[g]]), torch.tensor([[t]]), torch.tensor([[True]]))
+    assert m["mismatch/js"] == pytest.approx(want, rel=1e-12)
 
 
 def test_identical_logprobs_give_the_zero_point_exactly():

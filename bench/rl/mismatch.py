@@ -86,9 +86,12 @@ def mismatch_metrics(lp_gen: Tensor, lp_train: Tensor, mask: Tensor) -> dict[str
     rc = _clamp(r)
     pt, pg = torch.exp(lt), torch.exp(lg)
     # JS against the mixture lm = log(½p_t + ½p_g): lm − lp_t = log(½ + ½e^−r) = log1p(½·expm1(−r)),
-    # the §6 formula rewritten so that r = 0 gives exactly 0. With r clamped, d ∈ [−log 2, 20).
-    d_t = torch.log1p(0.5 * torch.expm1(-rc))
-    d_g = torch.log1p(0.5 * torch.expm1(rc))
+    # the §6 formula rewritten so that r = 0 gives exactly 0. These differences are the log-ratios
+    # that get exponentiated, so they (not r) are clamped: clamping r first would turn r = −40
+    # into lm − lp_t = 20 − log 2 instead of 20 and halve e^(lm−lp_t) (k3 off by 2x). Unclamped r
+    # is safe here: expm1 overflows to inf only for |r| > 709, and log1p(inf) = inf clamps to 20.
+    d_t = _clamp(torch.log1p(0.5 * torch.expm1(-r)))
+    d_g = _clamp(torch.log1p(0.5 * torch.expm1(r)))
     out = {
         "token_mult_prob_error": mean(torch.exp(rc.abs())),
         "gen_kl_k3": mean(_k3(rc)),
