@@ -1,10 +1,12 @@
 """`fp8bench`: the console script for reading runs after the fact (DESIGN.md §3).
 
   fp8bench compare RUN_DIR... [-o OUT] [--baseline-variant NAME]
-  fp8bench gate --baseline B [--rules R] [--junit FILE] [--markdown FILE] RUN_DIR...
+  fp8bench gate --baseline B [--rules R] [--test noninferiority|welch] [--allow-config-mismatch]
+                [--junit FILE] [--markdown FILE] RUN_DIR...
   fp8bench baseline record RUN_DIR... -o FILE [--rules R]
 
-Exit codes: 0 ok / pass, 1 regression, 2 bad input (one line on stderr, no traceback).
+Exit codes: 0 ok / pass, 1 regression, 2 bad input (one line on stderr, no traceback),
+3 inconclusive (gate: no regression shown, but too few seeds to show the cost is within tolerance).
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fp8bench", description="Compare, gate and baseline fp8bench run directories. "
                 "RUN_DIR: a run dir (config.yaml + metrics.jsonl), a sweep dir holding run dirs at any "
-                "depth, or a glob. Exit codes: 0 ok, 1 regression, 2 bad input.")
+                "depth, or a glob. Exit codes: 0 ok / pass, 1 regression, 2 bad input, 3 inconclusive (gate: "
+                "too few seeds to tell; the report says how many would).")
     sub = p.add_subparsers(dest="command", required=True, metavar="{compare,gate,baseline}")
 
     c = sub.add_parser("compare", help="plots + markdown/HTML report of runs grouped into variants",
@@ -37,9 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--baseline-variant", metavar="NAME", help="variant the deltas are taken against "
                    "(default: the all-bf16, no-IS variant if present, else the first)")
 
-    g = sub.add_parser("gate", help="check runs against a baseline under rules (exit 1 on regression)",
-                       description="Per rule and variant: one-sided Welch t-test at level alpha with >= 2 "
-                       "seeds on both sides, plain tolerance comparison with one seed.")
+    g = sub.add_parser("gate", help="check runs against a baseline under rules (exit 1 regression, "
+                       "3 inconclusive)",
+                       description="Per rule and variant, non-inferiority by default: PASS (exit 0) only when the "
+                       "one-sided (1-alpha) confidence bound of candidate - baseline (Welch t) lies within the "
+                       "tolerance, REGRESSION (exit 1) when the other bound lies beyond it, INCONCLUSIVE (exit 3) "
+                       "otherwise, with the seeds per side that would decide and the minimum detectable drop. "
+                       "Bad input, including candidates not run like their baseline, exits 2.")
     g.add_argument("runs", nargs="+", metavar="RUN_DIR")
     g.add_argument("--baseline", required=True, action="append", metavar="B",
                    help="baseline JSON file (fp8bench baseline record) or baseline run dirs; repeatable")
@@ -48,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--markdown", metavar="FILE", help="write the markdown summary (it is also appended "
                    "to $GITHUB_STEP_SUMMARY when set)")
     g.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    g.add_argument("--test", default="noninferiority", choices=("noninferiority", "welch"),
+                   help="noninferiority (default): pass needs evidence; welch: the older rule, regression "
+                   "only when a one-sided Welch test proves one (too few seeds then read as a pass)")
+    g.add_argument("--allow-config-mismatch", action="store_true", help="gate candidates whose defining "
+                   "config (recipe, model, task, steps, precisions, knobs) differs from the baseline's; "
+                   "the report lists the differences")
     g.add_argument("--baseline-variant", metavar="NAME", help="compare every variant with this baseline "
                    "variant (default: same variant, else the all-bf16 one)")
 
@@ -73,20 +86,24 @@ def _default_out(paths: list[str]) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "compare":
-        from bench.report.compare import report
+        from bench.report.compare import build
 
-        path = report(args.runs, args.out or _default_out(args.runs), args.baseline_variant)
+        path, cost = build(args.runs, args.out or _default_out(args.runs), args.baseline_variant)
         print(f"wrote {path} and {path.with_suffix('.html')}")
+        if cost:
+            print("\n".join(cost))
         return 0
     if args.command == "gate":
         from bench.report import gate as gt
+        from bench.report import gate_output as go
 
-        if not 0 < args.alpha < 1:
-            raise BadInput(f"--alpha {args.alpha} must lie in (0, 1), e.g. 0.05")
+        if not 0 < args.alpha < 0.5:
+            raise BadInput(f"--alpha {args.alpha} must lie in (0, 0.5), e.g. 0.05")
         verdicts = gt.gate(args.baseline, args.rules, args.runs, alpha=args.alpha,
-                           baseline_variant=args.baseline_variant)
-        gt.write_outputs(verdicts, args.alpha, args.junit, args.markdown)
-        return gt.exit_code(verdicts)
+                           baseline_variant=args.baseline_variant, test=args.test,
+                           allow_config_mismatch=args.allow_config_mismatch)
+        go.write_outputs(verdicts, args.alpha, args.junit, args.markdown)
+        return go.exit_code(verdicts)
     from bench.report import baseline as bl
 
     data = bl.record(args.runs, args.rules)

@@ -10,10 +10,15 @@ seed, not averaged: the gate's Welch test needs each side's spread, not just its
 The gate computes candidate statistics with the very same `record_runs`, so a gate against a
 baseline file and a gate against the run dirs it was recorded from agree exactly.
 
-File layout (JSON; non-finite and missing values are null):
-  {"format": "fp8bench-baseline/1", "created": ISO time, "recipe": str, "mean_last_k": [5, ...],
+Only completed runs make a baseline: a run without summary.json (crashed, or still running) or
+one that diverged / failed / was preempted is refused with one line (BadInput, exit 2).
+
+File layout (JSON; non-finite and missing values are null). Format 2 adds each variant's
+`defining` config (identity.py: what the gate checks candidates against); format 1 files load
+too, the gate then derives the defining keys from the variant's `config`:
+  {"format": "fp8bench-baseline/2", "created": ISO time, "recipe": str, "mean_last_k": [5, ...],
    "rules": [...] | null, "config": {...}, "versions": {...}, "device": str,
-   "variants": {name: {"label": str, "reference": bool, "config": {...},
+   "variants": {name: {"label": str, "reference": bool, "config": {...}, "defining": {key: json},
                        "runs": [{"run_dir", "run_name", "seed", "status", "device", "versions",
                                  "steps_completed"}],
                        "metrics": {metric: {stat: [per seed]}}, "evals": {...},
@@ -25,18 +30,19 @@ from __future__ import annotations
 import datetime as _dt
 import fnmatch
 import json
-import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+from bench import atomic
 from bench.errors import BadInput
+from bench.report import identity
+from bench.report.rules import DEFAULT_K, as_rules, rule_ks
 from bench.report.runs import Run, finite, group, higher_is_better, load_runs
 
-FORMAT = "fp8bench-baseline/1"
-DEFAULT_K = 5
+FORMAT = "fp8bench-baseline/2"
+READABLE = ("fp8bench-baseline/1", FORMAT)
 SERIES_STATS = ("final", "best", "max", "min", "median", "mean_last_k")
 
 
@@ -83,6 +89,7 @@ def record_runs(runs: list[Run], ks=(DEFAULT_K,)) -> dict:
     for name, var in group(runs).items():
         per_run = [_run_values(r, ks) for r in var.runs]
         v = {"label": var.label, "reference": var.reference, "config": var.runs[0].config,
+             "defining": identity.defining(var.runs[0].config),
              "runs": [{"run_dir": str(r.path), "run_name": r.run_name, "seed": r.seed, "status": r.status,
                        "device": (r.summary or {}).get("device"), "versions": (r.summary or {}).get("versions"),
                        "steps_completed": (r.summary or {}).get("steps_completed")} for r in var.runs]}
@@ -102,39 +109,32 @@ def record_runs(runs: list[Run], ks=(DEFAULT_K,)) -> dict:
             "variants": variants}
 
 
-def rule_ks(rules) -> set[int]:
-    return {r.k for r in rules or () if r.stat == "mean_last_k"}
-
-
 def record(run_dirs, rules=None) -> dict:
-    """Baseline dict of the runs under `run_dirs` (dirs, sweep dirs, globs). `rules` (a rules
-    file or parsed rules) adds any mean_last_k window they use besides the default k=5."""
-    from bench.report.gate import Rule, load_rules  # gate imports this module
-
-    if rules is not None and not (isinstance(rules, list) and all(isinstance(r, Rule) for r in rules)):
-        rules = load_rules(rules)
-    out = record_runs(load_runs(run_dirs), rule_ks(rules))
+    """Baseline dict of the completed runs under `run_dirs` (dirs, sweep dirs, globs). `rules` (a
+    rules file or parsed rules) adds any mean_last_k window they use besides the default k=5."""
+    rules = None if rules is None else as_rules(rules)
+    runs = load_runs(run_dirs)
+    for r in runs:
+        if r.summary is None:
+            raise BadInput(f"run {r.path} has no summary.json (it crashed or is still running); a baseline "
+                           f"needs completed runs: finish or rerun it, or leave it out")
+        if r.status != "completed":
+            raise BadInput(f"run {r.path} has status {r.status!r}; a baseline needs status 'completed'")
+    out = record_runs(runs, rule_ks(rules))
     out["rules"] = [r.spec for r in rules] if rules else None
     return out
 
 
 def write(baseline: dict, path) -> Path:
-    """Atomic write (temp file in the same dir, fsync, rename): a gate never reads half a file.
-    Written here rather than via bench.rundir so the report tools don't import torch."""
+    """Atomic write (bench.atomic): a gate never reads half a file. A path that is a directory
+    (or lies under a file) is BadInput."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    if path.is_dir():
+        raise BadInput(f"-o {path} is a directory; valid: a file path for the baseline JSON")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(baseline, f, indent=1, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+        return atomic.write_json(path, baseline, indent=1, sort_keys=True)
+    except OSError as e:
+        raise BadInput(f"cannot write baseline {path}: {e.strerror}") from None
 
 
 def load(path) -> dict:
@@ -145,7 +145,7 @@ def load(path) -> dict:
         raise BadInput(f"cannot read baseline {path}: {e.strerror}") from None
     except ValueError as e:
         raise BadInput(f"unreadable JSON in baseline {path}: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("variants"), dict):
+    if not isinstance(data, dict) or data.get("format") not in READABLE or not isinstance(data.get("variants"), dict):
         raise BadInput(f"{path} is not an fp8bench baseline (format {FORMAT}); record one with "
                        f"`fp8bench baseline record RUN_DIR... -o FILE`")
     return data

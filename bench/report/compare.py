@@ -25,8 +25,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from markdown_it import MarkdownIt  # noqa: E402  (ships with rich)
 
+from bench.errors import BadInput  # noqa: E402
+from bench.events import KINDS  # noqa: E402
 from bench.report import baseline as bl  # noqa: E402
-from bench.report.runs import EVENT_KINDS, Run, Variant, group, higher_is_better, load_runs, pick_baseline  # noqa: E402
+from bench.report import verdict  # noqa: E402
+from bench.report.runs import Run, Variant, group, higher_is_better, load_runs, pick_baseline  # noqa: E402
 
 CURVES = ("train/loss", "rollout/reward_mean", "train/grad_norm")
 MISMATCH = ("mismatch/token_mult_prob_error", "mismatch/gen_kl_k3")
@@ -167,7 +170,7 @@ def tables(variants: dict[str, Variant], base: str) -> list[str]:
     rows = []
     for name, v in variants.items():
         ev = Counter(str(e.get("kind")) for r in v.runs for e in r.events)
-        evs = ", ".join(f"{k} {ev[k]}" for k in EVENT_KINDS if ev[k]) or "none"
+        evs = ", ".join(f"{k} {ev[k]}" for k in KINDS if ev[k]) or "none"
         rows.append([name + (" (baseline)" if name == base else ""), len(v.runs),
                      ", ".join(str(s) for s in v.seeds), _statuses(v.runs), evs])
     lines += _table(["variant", "runs", "seeds", "status", "events"], rows)
@@ -218,13 +221,30 @@ def _html(md_text: str, out: Path) -> str:
             f"<style>{style}</style></head><body>\n{md.render(md_text)}</body></html>\n")
 
 
+def _out_dir(out) -> Path:
+    """OUT as a folder that exists; a file (or a path under one) is BadInput, before any work."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"-o {out} is a file; valid: a folder for report.md, report.html and the PNGs")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"cannot create report folder {out}: {e.strerror}") from None
+    return out
+
+
 def report(paths_or_runs, out, baseline_variant: str | None = None) -> Path:
     """Write OUT/report.md, OUT/report.html and the PNGs; returns the report.md path."""
+    return build(paths_or_runs, out, baseline_variant)[0]
+
+
+def build(paths_or_runs, out, baseline_variant: str | None = None) -> tuple[Path, list[str]]:
+    """`report`, also returning the console lines of its "What precision cost" table."""
     runs = paths_or_runs if all(isinstance(r, Run) for r in paths_or_runs) else load_runs(paths_or_runs)
     variants = group(runs)
     base = pick_baseline(variants, baseline_variant)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _out_dir(out)
+    cost = verdict.summarize(variants, base) if len(variants) > 1 else []
     colors = {name: f"C{i % 10}" for i, name in enumerate(variants)}
     evals = sorted({m for r in runs for m in r.names("evals")})
     figures = [
@@ -238,6 +258,8 @@ def report(paths_or_runs, out, baseline_variant: str | None = None) -> Path:
     recipes = sorted({r.recipe for r in runs})
     lines = [f"# fp8bench report: {', '.join(recipes)}", "",
              f"{len(runs)} runs in {len(variants)} variants; seeds pooled per variant.", ""]
+    if cost:
+        lines += verdict.markdown(cost, base)
     lines += tables(variants, base)
     lines += ["## Plots", ""]
     drawn = 0
@@ -251,4 +273,4 @@ def report(paths_or_runs, out, baseline_variant: str | None = None) -> Path:
     md_text = "\n".join(lines)
     (out / "report.md").write_text(md_text)
     (out / "report.html").write_text(_html(md_text, out))
-    return out / "report.md"
+    return out / "report.md", (verdict.console(cost, base) if cost else [])

@@ -25,8 +25,6 @@ import yaml
 
 from bench.errors import BadInput
 
-EVENT_KINDS = ("overflow", "underflow", "nonfinite", "loss_spike", "grad_spike", "mismatch_spike",
-               "skip_step", "fallback", "eval_regression", "halt", "preempt", "resume")
 STATUSES = ("running", "completed", "diverged", "failed", "preempted", "unknown")
 # Per-run bookkeeping: differs between repeats of the same experiment, never defines a variant.
 # logger/wandb_id only choose where logs go; resume only says how the run was (re)started.

@@ -1,0 +1,54 @@
+"""What defines a run, so the gate never compares a 10-step run with a 60-step baseline.
+
+A run is defined by its resolved config minus the keys that only say where, how often or how
+loudly it was recorded (NOT_DEFINING below: seed, paths, logging, checkpoint cadence, threads,
+monitor sampling, event thresholds). Everything else (recipe, model, task, steps, optimizer,
+GRPO knobs, warm-up, precisions, IS correction, ...) changes what the numbers mean. This is a
+deny-list on purpose: a knob added tomorrow counts as defining until someone argues otherwise,
+so a new knob can make the gate refuse, never silently compare unlike runs.
+
+The precision groups (LABEL_GROUPS: the thing a gate is there to compare) are part of the
+identity only when a candidate is gated against the *same* precision label: fp8 against the bf16
+reference differs in precision by design, fp8 against an earlier fp8 must match in every knob.
+"""
+from __future__ import annotations
+
+import json
+
+from bench.report.runs import LABEL_GROUPS
+
+# Top-level keys, or dotted paths, that never change what a run computes.
+NOT_DEFINING = ("seed", "run_name", "run_dir", "sweep", "resume", "wandb_id", "logger", "threads",
+                "checkpoint_every", "keep_checkpoints", "stop_after", "monitor", "hydra",
+                "eval_regression_margin", "mismatch_spike_threshold", "warmup.cache_dir", "parallel")
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in (d or {}).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = json.dumps(v, sort_keys=True, default=str)
+    return out
+
+
+def _skipped(key: str, with_precision: bool) -> bool:
+    top = key.split(".", 1)[0]
+    if not with_precision and top in LABEL_GROUPS:
+        return True
+    return any(key == n or key.startswith(n + ".") for n in NOT_DEFINING)
+
+
+def defining(cfg: dict, with_precision: bool = True) -> dict[str, str]:
+    """Dotted key -> JSON-encoded value of every key that defines the run."""
+    return {k: v for k, v in _flat(cfg).items() if not _skipped(k, with_precision)}
+
+
+def differences(base_cfg: dict, cand_cfg: dict, with_precision: bool) -> list[str]:
+    """`key: baseline value vs candidate value` for every defining key that differs; a key
+    present on one side only reads `<unset>` on the other."""
+    b, c = defining(base_cfg, with_precision), defining(cand_cfg, with_precision)
+    return [f"{k}: {b.get(k, '<unset>')} vs {c.get(k, '<unset>')}"
+            for k in sorted(set(b) | set(c)) if b.get(k) != c.get(k)]
