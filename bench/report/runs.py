@@ -206,6 +206,7 @@ class Variant:
     name: str
     label: str                      # precision label alone (used to match baselines)
     runs: list[Run] = field(default_factory=list)
+    ident: tuple = ()                # values of every variant key (the name shows a few of them)
 
     @property
     def reference(self) -> bool:
@@ -268,13 +269,42 @@ def _fmt_key(cfg: dict, key: tuple) -> str:
     return f"{'.'.join(key)}={v}"
 
 
+def _priority(key: tuple, runs: list[Run]) -> tuple:
+    """Keys a reader recognises first: recipe, then named group choices (model=, task=), then
+    keys every run sets, then the rest; shorter paths before longer ones."""
+    everywhere = all(key in _flatten(r.config) for r in runs)
+    return (key != ("recipe",), key[-1] not in ("name", "mode"), not everywhere, len(key), key)
+
+
+def label_keys(runs: list[Run], keys: list[tuple]) -> list[tuple]:
+    """The few of `keys` that name the variants: greedily, in `_priority` order, a key is kept
+    when it splits runs that the label and the keys kept so far leave together, until the
+    variants are as finely split as by all keys. Mixed runs (two recipes, two models) differ in
+    dozens of keys that follow from one choice; their names show that choice, not the dozens."""
+    def blocks(ks) -> int:
+        return len({(r.label, *(_fmt_key(r.config, k) for k in ks)) for r in runs})
+
+    target, chosen = blocks(keys), []
+    for key in sorted(keys, key=lambda k: _priority(k, runs)):
+        if blocks(chosen) == target:
+            break
+        if blocks(chosen + [key]) > blocks(chosen):
+            chosen.append(key)
+    return [k for k in keys if k in chosen]
+
+
 def group(runs: list[Run]) -> dict[str, Variant]:
-    """Variants in a stable order: the reference (all-bf16, no IS) first, then by name."""
+    """Variants in a stable order: the reference (all-bf16, no IS) first, then by name. Runs are
+    split by every key of `variant_keys`; names show only `label_keys` of them."""
     keys = variant_keys(runs)
+    shown = label_keys(runs, keys)
     out: dict[str, Variant] = {}
     for r in runs:
-        name = " ".join([r.label] + [_fmt_key(r.config, k) for k in keys])
-        out.setdefault(name, Variant(name, r.label)).runs.append(r)
+        ident = tuple(_fmt_key(r.config, k) for k in keys)
+        name = " ".join([r.label] + [_fmt_key(r.config, k) for k in shown])
+        if name in out and out[name].ident != ident:  # unreachable by label_keys' construction
+            raise AssertionError(f"variant name {name!r} is ambiguous")
+        out.setdefault(name, Variant(name, r.label, ident=ident)).runs.append(r)
     order = sorted(out.values(), key=lambda v: (not v.reference, _natural(v.name)))
     return {v.name: v for v in order}
 
