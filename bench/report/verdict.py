@@ -23,6 +23,7 @@ import numpy as np
 from bench.errors import BadInput
 from bench.events import KINDS
 from bench.report import baseline as bl
+from bench.report import gate as gt
 from bench.report import stats
 from bench.report.runs import Variant
 
@@ -81,8 +82,6 @@ def _words(outcomes: list, acc: tuple, recovered: float | None) -> str:
 
 def summarize(variants: dict[str, Variant], base: str, alpha: float = ALPHA) -> list[dict]:
     """One row per non-baseline variant: name, acc/reward (d, h, n), tmpe, k3, events, words."""
-    from bench.report import gate as gt
-
     runs = [r for v in variants.values() for r in v.runs]
     record = bl.record_runs(runs)
     brec = record["variants"][base]
