@@ -16,6 +16,7 @@ import yaml
 from scipy import stats as sps
 
 from bench.cli import main
+from bench.errors import BadInput
 from bench.report import gate as gt
 from bench.report import gate_output as go
 from bench.report import runs as rr
@@ -180,12 +181,21 @@ def test_bookkeeping_keys_do_not_count_as_a_mismatch(tmp_path):
 
 def test_precision_knobs_count_only_against_the_same_precision(tmp_path):
     b = write_exact(tmp_path / "b", "bf16", spread(0.8, 0.005, 4))
-    write_exact(tmp_path / "b", "fp8_tensorwise", spread(0.8, 0.005, 4))
+    write_exact(tmp_path / "b", "fp8_tensorwise", spread(0.8, 0.005, 4), knobs={"margin": 0})
     c = write_exact(tmp_path / "c", "fp8_tensorwise", spread(0.8, 0.005, 4), knobs={"margin": 1})
-    with pytest.raises(Exception, match="precision.margin"):
+    with pytest.raises(BadInput, match="precision.margin: 0 vs 1"):
         gt.gate([b], gt.load_rules(RULES), [c])  # judged against the recorded fp8 variant: knobs must match
     # against the bf16 reference the precision differs by design
     assert not gt.gate([b], gt.load_rules(RULES), [c], baseline_variant="bf16").notes
+
+
+def test_a_key_on_one_side_only_is_a_note_not_a_refusal(tmp_path):
+    b = write_exact(tmp_path / "b", "bf16", spread(0.8, 0.005, 4))
+    c = write_exact(tmp_path / "c", "bf16", spread(0.8, 0.005, 4), new_knob=3)  # added after recording
+    verdicts = gt.gate([b], gt.load_rules(RULES), [c])
+    assert verdicts.notes == ["'bf16' vs baseline 'bf16': keys set on one side only (not compared): "
+                              "new_knob (only in the candidate)"]
+    assert go.exit_code(verdicts) == 0
 
 
 def test_old_format_baseline_still_loads_and_gates(tmp_path):

@@ -149,7 +149,10 @@ def config_notes(base: dict, cand: dict, pairs: dict[str, str], allow: bool) -> 
         if bv.get("config") is None:
             notes.append(f"baseline variant {bname!r} records no config (old baseline): not checked")
             continue
-        diff = identity.differences(bv["config"], cv["config"], with_precision=bv["label"] == cv["label"])
+        diff, one_sided = identity.differences(bv["config"], cv["config"], with_precision=bv["label"] == cv["label"])
+        if one_sided:
+            notes.append(f"{cname!r} vs baseline {bname!r}: keys set on one side only (not compared): "
+                         f"{', '.join(one_sided)}")
         if not diff:
             continue
         if not allow:

@@ -46,9 +46,12 @@ def defining(cfg: dict, with_precision: bool = True) -> dict[str, str]:
     return {k: v for k, v in _flat(cfg).items() if not _skipped(k, with_precision)}
 
 
-def differences(base_cfg: dict, cand_cfg: dict, with_precision: bool) -> list[str]:
-    """`key: baseline value vs candidate value` for every defining key that differs; a key
-    present on one side only reads `<unset>` on the other."""
+def differences(base_cfg: dict, cand_cfg: dict, with_precision: bool) -> tuple[list[str], list[str]]:
+    """(`key: baseline value vs candidate value` for every defining key set on both sides with
+    different values, `key` for every defining key set on one side only). The second list is
+    mostly knobs added to the harness after the baseline was recorded: the gate reports them but
+    does not refuse on them, or every new knob would invalidate every committed baseline."""
     b, c = defining(base_cfg, with_precision), defining(cand_cfg, with_precision)
-    return [f"{k}: {b.get(k, '<unset>')} vs {c.get(k, '<unset>')}"
-            for k in sorted(set(b) | set(c)) if b.get(k) != c.get(k)]
+    both = sorted(set(b) & set(c))
+    return ([f"{k}: {b[k]} vs {c[k]}" for k in both if b[k] != c[k]],
+            [f"{k} (only in the {'baseline' if k in b else 'candidate'})" for k in sorted(set(b) ^ set(c))])
