@@ -4,6 +4,10 @@
         --json docs/bench/gpu.json --append-md docs/benchmarks.md
 
 Every number below comes from one process, so every ratio compares rows measured side by side.
+This is the one benchmark home (scripts/bench_precision.py is its CPU-tiny shorthand), with one
+ratio convention: "x of bf16 throughput" = bf16 step time / row step time (equivalently row
+tokens/s / bf16 tokens/s): > 1 is faster than bf16, < 1 slower. Overheads (the monitor) are
+on / off time − 1, in percent.
 
 Train rows. A pretrain step = forward + backward + AdamW step (clip, policy checks: the recipes'
 own `Trainer.step`) on a fixed batch of random tokens [batch, seq_len]. The model is built as the
@@ -18,7 +22,7 @@ bf16+compile, an eager row with eager bf16.
                  and kernel autotuning land in warm-up); torch.cuda.synchronize() brackets each
                  step on CUDA, so the time is the GPU's, not the launch queue's
   tokens_per_s   batch * seq_len / step_s_median
-  speedup        bf16 median / row median (> 1: faster than bf16)
+  speedup        x of bf16 throughput: bf16 median / row median (> 1: faster than bf16)
   peak_mem_gib   torch.cuda.max_memory_allocated after reset_peak_memory_stats at the row's start:
                  weights, fp32 master/AdamW state, activations, FP8 copies. CPU: null (torch keeps no
                  allocator peak for CPU tensors; process RSS would mix in earlier rows and libraries)
@@ -275,9 +279,9 @@ def markdown(res: dict) -> str:
            f"`{res['command']}`  \ntorch {v['torch']}, torchao {v.get('torchao')}, transformer_engine "
            f"{v.get('transformer_engine')}; batch {c['batch']} x seq {c['seq_len']}, warm-up {c['warmup']}, median of "
            f"{c['steps']} timed steps; FLOPs/token {res['flops_per_token']:,} (6N + 12·L·d·T, N = {res['matmul_params']:,}); "
-           f"peak bf16/fp8 TFLOP/s: {res['peak_tflops'] or 'unknown (MFU null)'}{mem}; speed-up: bf16 step / row step "
+           f"peak bf16/fp8 TFLOP/s: {res['peak_tflops'] or 'unknown (MFU null)'}{mem}; x bf16 throughput: bf16 step / row step "
            f"(+compile rows vs bf16+compile)\n"]
-    out += table(["row", "engine", "step (ms)", "tokens/s", "speed-up", "MFU (bf16 peak)", "MFU (fp8 peak)", "peak mem (GiB)"],
+    out += table(["row", "engine", "step (ms)", "tokens/s", "x bf16 throughput", "MFU (bf16 peak)", "MFU (fp8 peak)", "peak mem (GiB)"],
                  [f"| {r['label']} | {r['engine'] or '-'} | error: {r['error']} | | | | | |" if r["status"] != "ok" else
                   f"| {r['label']} | {r['engine_used']} | {ms(r['step_s_median'])} | {num(r['tokens_per_s'])} | "
                   f"{num(sp.get(r['label']), '{:.2f}x')} | {num(r['mfu'] and 100 * r['mfu'], '{:.1f}%')} | "
@@ -292,7 +296,7 @@ def markdown(res: dict) -> str:
     if res["decode_rows"]:
         out.append(f"\nDecode, KV cache, batch {c['decode_batch']}, prompt {c['prompt_len']}, {c['new_tokens']} new "
                    f"tokens, no EOS, median of {c['decode_repeats']}:\n")
-        out += table(["generator", "tokens/s", "vs bf16"],
+        out += table(["generator", "tokens/s", "x bf16 throughput"],
                      [f"| {r['label']} | {num(r['tokens_per_s']) if r['status'] == 'ok' else 'error: ' + r['error']} | "
                       f"{num(res['ratios']['decode_over_bf16'].get(r['recipe'] + '_over_bf16'), '{:.2f}x')} |"
                       for r in res["decode_rows"]])
