@@ -7,7 +7,9 @@ sweep usually has, min–max shows every seed's spread honestly where a std band
 distribution. Steps logged by only some seeds (a diverged seed stops early) are averaged over the
 seeds that logged them. Plots whose metrics no run logged are skipped, never drawn empty.
 
-Tables: variants (runs, seeds, statuses, event counts), final and best metrics per variant (mean
+report.md opens with "What precision cost" (verdict.py: Δ accuracy / reward with intervals,
+mismatch, events and the gate's verdict per variant, in words); `build` also returns those lines
+for the console. Tables: variants (runs, seeds, statuses, event counts), final and best metrics per variant (mean
 over seeds whose value is finite; Δ vs the baseline variant), and every run (diverged / failed /
 running / unknown runs listed with their status, never dropped).
 """
@@ -25,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from markdown_it import MarkdownIt  # noqa: E402  (ships with rich)
 
+from bench import atomic  # noqa: E402
 from bench.errors import BadInput  # noqa: E402
 from bench.events import KINDS  # noqa: E402
 from bench.report import baseline as bl  # noqa: E402
@@ -271,6 +274,6 @@ def build(paths_or_runs, out, baseline_variant: str | None = None) -> tuple[Path
     if not drawn:
         lines += ["No plottable metrics were logged.", ""]
     md_text = "\n".join(lines)
-    (out / "report.md").write_text(md_text)
-    (out / "report.html").write_text(_html(md_text, out))
+    atomic.write_text(out / "report.md", md_text)
+    atomic.write_text(out / "report.html", _html(md_text, out))
     return out / "report.md", (verdict.console(cost, base) if cost else [])

@@ -119,7 +119,8 @@ def write_outputs(verdicts, alpha=ALPHA, junit_path=None, markdown_path=None) ->
         with open(os.environ["GITHUB_STEP_SUMMARY"], "a") as f:
             f.write(md + "\n")
     if junit_path:
-        junit(verdicts, alpha).write(junit_path, encoding="utf-8", xml_declaration=True)
+        tree = junit(verdicts, alpha)
+        atomic.write_with(junit_path, lambda f: tree.write(f, encoding="utf-8", xml_declaration=True))
 
 
 def exit_code(verdicts: list[Verdict]) -> int:

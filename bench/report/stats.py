@@ -71,7 +71,8 @@ def welch_se_df(c: np.ndarray, t: np.ndarray) -> tuple[float, float]:
     return math.sqrt(a + b), (a + b) ** 2 / (a * a / (nc - 1) + b * b / (nt - 1))
 
 
-def _q(p: float, df: float) -> float:
+def t_quantile(p: float, df: float) -> float:
+    """Student-t quantile; the normal one at df = inf (zero spread on one side)."""
     return float(sps.norm.ppf(p)) if math.isinf(df) else float(sps.t.ppf(p, df))
 
 
@@ -85,7 +86,7 @@ def seeds_needed(margin: float, c: np.ndarray, t: np.ndarray, alpha: float) -> i
     if s == 0:
         return max(len(c), len(t))
     for n in range(2, MAX_SEEDS + 1):
-        if _q(1 - alpha, 2 * n - 2) * s * math.sqrt(2 / n) < abs(margin):
+        if t_quantile(1 - alpha, 2 * n - 2) * s * math.sqrt(2 / n) < abs(margin):
             return n
     return None
 
@@ -94,7 +95,7 @@ def min_detectable(tolerance: float, se: float, df: float, alpha: float, power: 
     """Drop from the baseline mean flagged as a regression with probability `power`."""
     if not math.isfinite(se):
         return math.nan
-    return tolerance + (_q(1 - alpha, df) + _q(power, df)) * se if se > 0 else tolerance
+    return tolerance + (t_quantile(1 - alpha, df) + t_quantile(power, df)) * se if se > 0 else tolerance
 
 
 def noninferiority(c: np.ndarray, t: np.ndarray, margin: float, alpha: float) -> Decision:
@@ -105,7 +106,7 @@ def noninferiority(c: np.ndarray, t: np.ndarray, margin: float, alpha: float) ->
     if se == 0:
         return Decision("pass" if margin >= 0 else "regression", "non-inferiority: no spread (exact)",
                         margin, 0.0, None, se=0.0, df=df)
-    h = _q(1 - alpha, df) * se
+    h = t_quantile(1 - alpha, df) * se
     method = f"non-inferiority, Welch t, α={alpha:g}"
     if margin - h > 0:
         return Decision("pass", method, margin, h, float(sps.t.sf(margin / se, df)), se=se, df=df)
@@ -126,7 +127,7 @@ def welch(c: np.ndarray, t: np.ndarray, margin: float, alpha: float) -> Decision
                         None, se=0.0, df=df)
     p = float(sps.t.cdf(margin / se, df))
     return Decision("regression" if p < alpha else "pass", f"Welch t one-sided, α={alpha:g}", margin,
-                    _q(1 - alpha, df) * se, p, se=se, df=df)
+                    t_quantile(1 - alpha, df) * se, p, se=se, df=df)
 
 
 TESTS = {"noninferiority": noninferiority, "welch": welch}

@@ -51,7 +51,7 @@ def diff(c: np.ndarray | None, b: np.ndarray | None, alpha: float = ALPHA) -> tu
     if not c.size or not b.size:
         return math.nan, math.nan, int(c.size)
     se, df = stats.welch_se_df(c, b)
-    h = math.nan if math.isnan(se) else 0.0 if se == 0 else stats._q(1 - alpha, df) * se
+    h = math.nan if math.isnan(se) else 0.0 if se == 0 else stats.t_quantile(1 - alpha, df) * se
     return float(c.mean() - b.mean()), h, int(c.size)
 
 
