@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--junit", metavar="FILE", help="write JUnit XML, one testcase per rule x variant")
     g.add_argument("--markdown", metavar="FILE", help="write the markdown summary (it is also appended "
                    "to $GITHUB_STEP_SUMMARY when set)")
-    g.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    g.add_argument("--alpha", type=float, default=0.05, help="significance level in (0, 0.5) (default 0.05): "
+                   "one-sided bounds at 1-alpha, intervals at 1-2*alpha")
     g.add_argument("--test", default="noninferiority", choices=("noninferiority", "welch"),
                    help="noninferiority (default): pass needs evidence; welch: the older rule, regression "
                    "only when a one-sided Welch test proves one (too few seeds then read as a pass)")

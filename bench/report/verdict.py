@@ -72,7 +72,10 @@ def _words(outcomes: list, acc: tuple, recovered: float | None) -> str:
     elif unsure:
         need = [v.seeds_needed for v in unsure if v.seeds_needed]
         seeds = f"need {max(need)} seeds" if need else "need more seeds"
-        text = f"inconclusive — {seeds} (n={n}{', ' + dacc if dacc else ''})"
+        # the smallest drop these seeds would catch, for the accuracy rule when there is one
+        mdd = [v.min_detectable for v in unsure if "accuracy" in v.metric and math.isfinite(v.min_detectable)]
+        detects = f", detects drops ≥ {mdd[0]:.3f}" if mdd else ""
+        text = f"inconclusive — {seeds} (n={n}{', ' + dacc if dacc else ''}{detects})"
     else:
         text = f"no measurable cost (n={n}{', ' + dacc if dacc else ''})"
     if recovered is not None:
@@ -90,7 +93,7 @@ def summarize(variants: dict[str, Variant], base: str, alpha: float = ALPHA) -> 
         # all runs, so the candidate variants are grouped (and named) exactly as `variants`
         verdicts = gt.gate(record, None, runs, alpha=alpha, baseline_variant=base, allow_config_mismatch=True)
     except BadInput as e:  # e.g. mixed recipes: the table still shows the differences
-        note = str(e)
+        note = f"gate not run: {e}"
     acc_of = {n: diff(_acc(rec), _acc(brec), alpha) for n, rec in record["variants"].items()}
     rows = []
     for name, rec in record["variants"].items():
