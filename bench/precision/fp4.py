@@ -28,7 +28,8 @@ nvfp4 (TE NVFP4BlockScaling; the order of fp32 operations is the kernel's):
   above 464, where the clamp changes the E4M3 value).
 mxfp4 (OCP MX v1.0; TE has no MXFP4 recipe): 1x32 blocks along K for every role, E8M0 scale
   floor: X = 2^(floor(log2 block_amax) − 2)   (2 = emax of E2M1: 6 = 1.5·2^2). block_amax/X lies
-         in [4, 8), so elements in (6, 8)·X saturate to 6 by design (overflow_frac), as in mxfp8
+         in [4, 8), so elements in (6, 8)·X are clamped to 6 by design, as in mxfp8; those in
+         [7, 8)·X would have rounded to 8 and count as overflow_frac (fp4_stats)
   rceil: X = 2^ceil(log2(block_amax / 6))    the smallest power of two that fits, never saturates
   Exponent clamped to E8M0's −127..127; an all-zero (or non-finite) block gets X = 1.
   q = E2M1(clamp(x / X, ±6)), x̂ = q · X: both exact (X is a power of two).
@@ -66,12 +67,13 @@ class FP4Recipe:
     nvfp4 defaults are TE's NVFP4BlockScaling: 16x16 weight tiles, RHT on the wgrad operands
     (xᵀ and dyᵀ, TE applies it to the columnwise copies only), stochastic rounding of the
     gradient (dy, for both backward GEMMs). mxfp4 defaults are plain OCP MX (no RHT, no SR):
-    TE ships no MXFP4 recipe to follow; the switches are there to study it."""
-    name: str                          # nvfp4 | mxfp4
-    weight_2d: bool = False            # nvfp4 only: weights in 16x16 tiles (else 1x16 along K)
-    rht: bool = False                  # 16-point random Hadamard transform on wgrad operands
-    stochastic_rounding: bool = False  # gradients (grad_output) rounded stochastically
-    mx_scale_rounding: str = "floor"   # mxfp4 only: floor (OCP v1.0) | rceil
+    TE ships no MXFP4 recipe to follow; the switches are there to study it. The defaults live in
+    FP4_DEFAULTS only: build recipes with get_fp4_recipe."""
+    name: str                  # nvfp4 | mxfp4
+    weight_2d: bool            # nvfp4 only: weights in 16x16 tiles (else 1x16 along K)
+    rht: bool                  # 16-point random Hadamard transform on the wgrad operands
+    stochastic_rounding: bool  # gradients (grad_output) rounded stochastically
+    mx_scale_rounding: str     # mxfp4 only: floor (OCP v1.0) | rceil
 
     @property
     def block(self) -> int:
@@ -89,7 +91,7 @@ class FP4Recipe:
 
 
 FP4_DEFAULTS = {
-    "nvfp4": dict(weight_2d=True, rht=True, stochastic_rounding=True),
+    "nvfp4": dict(weight_2d=True, rht=True, stochastic_rounding=True, mx_scale_rounding="floor"),  # unused
     "mxfp4": dict(weight_2d=False, rht=False, stochastic_rounding=False, mx_scale_rounding="floor"),
 }
 _KNOBS = {f.name: f.type for f in dataclasses.fields(FP4Recipe) if f.name != "name"}
