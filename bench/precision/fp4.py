@@ -12,12 +12,17 @@ so that x̂ = q · d / g (mxfp4: g = 1, d = X). Every operand is 2-D [rows, K], 
 reduction dim; blocks run along K and a caller whose GEMM reduces over the other dim transposes
 first (as bench.precision.quantize does for FP8).
 
-nvfp4 (TE NVFP4BlockScaling; the order of fp32 operations is the kernel's):
-  g = 448·6 / amax(tensor)   fp32 division; min(g, FLT_MAX) (a denormal amax); 1 if amax is 0,
-                             inf or NaN (TE returns 1 for amax 0 and for g == 0)
-  d = e4m3(clamp(block_amax · (g · (1/6)), ±448))   (1/6) and g·(1/6) rounded to fp32 first; the
-                             cast is round-to-nearest-even onto E4M3; d is 0 when block_amax·g/6
-                             < 2^-10: the whole block is then *flushed* (zero_block_frac)
+nvfp4 (TE NVFP4BlockScaling; the order of fp32 operations is the kernel's, see TE's
+`compute_global_encode_scaling_factor_FP4` and `compute_decoding_scaling_factor` in its NVFP4
+cast kernels and the PyTorch reference custom_recipes/quantization_ref_nvfp4.py):
+  g = 448·6 / amax(tensor)   fp32 division; min(g, FLT_MAX) (a denormal amax); 1 if amax is 0 or
+                             inf (TE's rule: amax == 0 or g == 0). A NaN amax also gives 1 here
+                             (TE's fminf would give FLT_MAX; the NaN propagates either way)
+  d = e4m3(clamp(block_amax · (g · (1/6)), ±448))   (1/6) and g·(1/6) rounded to fp32 first
+                             (older TE releases computed (block_amax·(1/6))·g: it can differ in
+                             the last bit); the cast is round-to-nearest-even onto E4M3; d is 0
+                             when block_amax·g/6 < 2^-10: the whole block is *flushed*
+                             (zero_block_frac)
   e = 1 / (d · (1/g))        min(e, FLT_MAX): a flushed block gets e = FLT_MAX and q = ±6, and
                              x̂ = q · 0 / g = 0, never NaN
   q = E2M1(clamp(x · e, ±6)) RNE, or stochastic rounding (gradients, `stochastic=True`)
