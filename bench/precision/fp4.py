@@ -179,8 +179,10 @@ def round_e2m1_stochastic(v: torch.Tensor, generator: torch.Generator | None = N
     up with probability (|v| − lo) / (hi − lo), so E[SR(v)] = v exactly on [−6, 6] (the clamp
     before it is the only bias). lo = floor(|v|/step)·step with the step of |v|; at |v| = 2 or 4 the
     step of the binade above applies, which is the gap to the next value up. Uniforms are fp32
-    multiples of 2^-24, so the up-probability is exact to 2^-24 (the hardware cvt.rs instruction
-    uses fewer random bits per element). One uniform per element, drawn from `generator`."""
+    multiples of 2^-24, so the up-probability is exact to 2^-24 (the hardware's stochastic-rounding
+    convert, which TE uses, takes its probabilities from a few random bits per element, so its
+    draws differ from these; its expectation is x up to that resolution). One uniform per element, drawn
+    from `generator`."""
     m = v.abs()
     step = _e2m1_step(m)
     t = m / step
