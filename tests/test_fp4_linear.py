@@ -203,3 +203,34 @@ def test_w4a4_forward_mismatch_is_larger_than_the_fp8_forward():
         lq = torch.log_softmax(fq(h, "input") @ fq(w, "weight").t(), -1)
         out[name] = float((lq - lp).abs().mean())
     assert out["fp4"] > 4 * out["fp8"] > 0, out
+
+
+@pytest.mark.parametrize("spec", ["nvfp4", {"name": "mxfp4", "mx_scale_rounding": "rceil"}])
+def test_a_tiny_transformer_trains_with_fp4_linears(spec):
+    from bench.model import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(d_model=64, n_layers=2, n_heads=2, d_ff=128, max_seq_len=32))
+    names = [n_ for n_, m in model.named_modules() if isinstance(m, nn.Linear) and n_ != "lm_head"]
+    convert_to_fp4(model, spec, names)
+    assert sum(isinstance(m, ReferenceFP4Linear) for m in model.modules()) == len(names) == 14
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    idx = torch.randint(0, 128, (4, 17), generator=torch.Generator().manual_seed(1))
+    losses = []
+    for _ in range(6):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(idx[:, :-1])
+        loss = nn.functional.cross_entropy(logits.reshape(-1, 128), idx[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0] - 0.2, losses
+
+
+def test_1d_weights_are_requantized_along_n_for_dgrad():
+    _, _, _, seen = run({"name": "nvfp4", "weight_2d": False})
+    for gemm, shape in (("fprop", (N, K)), ("dgrad", (K, N))):
+        t, q = seen[(gemm, "weight")]
+        assert tuple(t.shape) == shape and q.tile == (1, 16)
+        assert scale_constant_within(q, (1, 16)) and not scale_constant_within(q, (16, 1))
