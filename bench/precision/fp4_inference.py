@@ -1,0 +1,92 @@
+"""FP4 linear for the generator: W4A4 (FP4 weights and activations) or W4A16 (`weights_only`: FP4
+weights, activations in the compute dtype, the quantization-aware-rollout setting of verl and
+NeMo-RL), the FP4 counterpart of bench/generation/fp8_inference.py.
+
+  weights      quantized once per refit (`load_weight`) with the recipe's weight tiling: nvfp4
+               16x16 tiles by default, the same x̂_W the trainer's FP4 forward uses, so a W4A16
+               rollout differs from the trainer only by its activations; `weight_2d: false`
+               gives the 1x16-along-K blocks of NVFP4 inference checkpoints (ModelOpt / vLLM);
+               mxfp4 1x32 along K. The global nvfp4 scale comes from the weight's own amax.
+  activations  W4A4: quantized per call, 1x16 (nvfp4) / 1x32 (mxfp4) along K with the global
+               scale of this call's activation tensor, from the dtype they live in (bf16 under
+               autocast). Per-block scales are per token, but the nvfp4 *global* scale sees the
+               whole batch: a token's numerics depend on its batch-mates through g, and a
+               one-token decode step uses a different g than the full forward scoring it. That
+               is what the hardware does too, and it shows in the mismatch metrics.
+               W4A16: not quantized.
+  no backward  round to nearest even everywhere: no stochastic rounding, no Hadamard transform.
+The GEMM multiplies dequantized fp32 operands (emulation: the dequantized weight is kept from
+refit); real FP4 GEMMs need Blackwell and are not wired in (fp4_linear.resolve_fp4_engine).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from bench.errors import BadInput
+from bench.precision.fp4 import FP4Recipe, fake_quantize_fp4, get_fp4_recipe
+from bench.precision.fp4_linear import unsupported_fp4_linear
+
+
+class FP4InferenceLinear(nn.Module):
+    """y = x̂ · x̂_Wᵀ with x̂_W quantized at `load_weight` and x̂ per call (unless weights_only)."""
+
+    def __init__(self, in_features: int, out_features: int, recipe="nvfp4", name: str = "",
+                 weights_only: bool = False, device=None):
+        super().__init__()
+        self.in_features, self.out_features, self.name = in_features, out_features, name
+        self.recipe: FP4Recipe = get_fp4_recipe(recipe)
+        self.weights_only = bool(weights_only)
+        self.register_buffer("w_dequant", torch.empty(0, device=device), persistent=False)
+        self.weight_loads = 0
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, recipe, name: str = "", weights_only: bool = False) -> "FP4InferenceLinear":
+        if linear.bias is not None:
+            raise ValueError(f"{name}: FP4InferenceLinear is bias-free like bench.model.linear()")
+        mod = cls(linear.in_features, linear.out_features, recipe, name, weights_only, device=linear.weight.device)
+        mod.load_weight(linear.weight)
+        return mod
+
+    @torch.no_grad()
+    def load_weight(self, w: torch.Tensor) -> None:
+        """Quantize a new weight [out, in] (from refit); the trainer's tensor is only read."""
+        if tuple(w.shape) != (self.out_features, self.in_features):
+            raise ValueError(f"{self.name}: weight {tuple(w.shape)} != {(self.out_features, self.in_features)}")
+        self.w_dequant = fake_quantize_fp4(w.detach().to(self.w_dequant.device, torch.float32), self.recipe, "weight")
+        self.weight_loads += 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dev = x.device.type
+        out_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        x = x.to(out_dtype)
+        shape = x.shape
+        with torch.autocast(dev, enabled=False):
+            x2 = x.reshape(-1, shape[-1]).float()
+            if not self.weights_only:
+                x2 = fake_quantize_fp4(x2, self.recipe, "input")
+            y = (x2 @ self.w_dequant.t()).to(out_dtype)
+        return y.reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        mode = "W4A16" if self.weights_only else "W4A4"
+        return f"{self.in_features}, {self.out_features}, recipe={self.recipe.name} ({mode}, weight_2d={self.recipe.weight_2d})"
+
+
+def swap_linears_to_fp4(model: nn.Module, recipe, keep: Callable[[str], bool], weights_only: bool = False
+                        ) -> tuple[list[str], list[str]]:
+    """Replace every nn.Linear of a generator's model by FP4InferenceLinear except those `keep`
+    selects (e.g. fp8_inference.keep_predicate(...)). Returns (fp4 names, kept names). Raises
+    BadInput naming a Linear whose shape the recipe cannot run, before swapping anything."""
+    r = get_fp4_recipe(recipe)
+    fp4, kept = [], []
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            (kept if keep(name) else fp4).append(name)
+    if (why := unsupported_fp4_linear(model, r, fp4)):
+        raise BadInput(f"{why}; keep it in high precision or resize the model")
+    for name in fp4:
+        model.set_submodule(name, FP4InferenceLinear.from_linear(model.get_submodule(name), r, name, weights_only))
+    return fp4, kept
