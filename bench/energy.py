@@ -159,11 +159,11 @@ class EnergyMeter:
         uj = self.counter.read_uj() - self._t0
         self._t0 = None
         self.total_uj += uj
-        out = {"energy/step_j": uj * 1e-6}
+        out = {"energy/step_j": uj / 1e6}
         if tokens:
             self.tokens_uj += uj
             self.total_tokens += tokens
-            out["energy/j_per_token"] = uj * 1e-6 / tokens
+            out["energy/j_per_token"] = uj / (1e6 * tokens)  # one rounding: 1e6 * tokens is exact
         return out
 
     def summary(self) -> dict:
@@ -172,5 +172,5 @@ class EnergyMeter:
         steps that gave a token count; or why there are none."""
         if self.source is None:
             return {"source": None, "unavailable": self.unavailable}
-        return {"source": self.source, "total_j": self.total_uj * 1e-6,
-                "j_per_token": self.tokens_uj * 1e-6 / self.total_tokens if self.total_tokens else None}
+        return {"source": self.source, "total_j": self.total_uj / 1e6,
+                "j_per_token": self.tokens_uj / (1e6 * self.total_tokens) if self.total_tokens else None}

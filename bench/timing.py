@@ -197,12 +197,12 @@ class PhaseTimer:
             _ACTIVE = None
         ns = dict(self._acc)
         ns["other"] = wall - sum(self._acc.values())
-        self.step_s = wall * 1e-9
+        self.step_s = wall / 1e9
         self.steps += 1
         out = {}
         for p in PHASES:
             self.totals_ns[p] += ns[p]
-            out[f"time/{p}_s"] = ns[p] * 1e-9
+            out[f"time/{p}_s"] = ns[p] / 1e9
             out[f"time/{p}_frac"] = ns[p] / wall if wall else float(p == "other")
         out["time/synced"] = float(self._sync is None or self.sampled)
         if self.energy is not None:
@@ -214,8 +214,8 @@ class PhaseTimer:
         (synced and unsynced steps alike: on CUDA the totals are honest, since every unsynced
         step's queued work lands in some later phase, but the split is host time)."""
         wall = sum(self.totals_ns.values())
-        return {"steps": self.steps, "step_s_total": wall * 1e-9,
-                "phases_s": {p: v * 1e-9 for p, v in self.totals_ns.items()},
+        return {"steps": self.steps, "step_s_total": wall / 1e9,
+                "phases_s": {p: v / 1e9 for p, v in self.totals_ns.items()},
                 "phases_frac": {p: (v / wall if wall else 0.0) for p, v in self.totals_ns.items()}}
 
 
