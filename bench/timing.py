@@ -49,11 +49,12 @@ import contextlib
 import functools
 import time
 from dataclasses import dataclass
-from typing import Callable
-
-import torch
+from typing import TYPE_CHECKING, Callable
 
 from bench.errors import BadInput
+
+if TYPE_CHECKING:  # torch is imported where a device is resolved: report tools read PHASES without it
+    import torch
 
 PHASES = ("refit", "rollout_prefill", "rollout_decode", "score", "update", "eval", "checkpoint",
           "monitor", "comm", "data_wait", "other")
@@ -84,6 +85,8 @@ def check_config(cfg: TimingConfig) -> None:
 
 def device_sync(device: torch.device | str) -> Callable[[], None] | None:
     """The call that drains `device`'s queue, or None for a synchronous device (CPU)."""
+    import torch
+
     device = torch.device(device)
     if device.type == "cuda":
         return functools.partial(torch.cuda.synchronize, device)
