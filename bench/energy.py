@@ -37,6 +37,7 @@ POWERCAP = Path("/sys/class/powercap")
 class NvmlCounter:
     """Summed NVML energy counters (mJ) of the given device handles."""
     source = "nvml"
+    node_wide = False  # each rank reads its own GPU: ranks' energies add up
 
     def __init__(self, nvml, handles: list):
         self.nvml, self.handles = nvml, handles
@@ -67,6 +68,7 @@ def open_nvml(device: torch.device, nvml=None) -> NvmlCounter:
 class RaplCounter:
     """Summed package energy (uJ) of the RAPL powercap zones, with wrap correction per zone."""
     source = "rapl"
+    node_wide = True  # every rank on a node reads the same packages: count one rank per node
 
     def __init__(self, zones: list[tuple[Path, int]]):
         self.zones = zones  # (energy_uj path, max_energy_range_uj)
@@ -113,11 +115,15 @@ class EnergyMeter:
 
     `begin()` / `end(tokens)` bracket a step (PhaseTimer calls them at its own step boundaries);
     `end` returns {"energy/step_j", "energy/j_per_token"} (the latter only with tokens > 0).
+    Under torchrun: with `node_wide` False (NVML) each rank measures its own device and the run's
+    energy is the sum over ranks; with `node_wide` True (RAPL) all ranks of a node read the same
+    packages, so only one rank per node may be counted.
     """
 
     def __init__(self, counter=None, unavailable: str | None = None):
         self.counter, self.unavailable = counter, unavailable
         self.source = None if counter is None else counter.source
+        self.node_wide = bool(getattr(counter, "node_wide", False))
         self.total_uj, self._t0 = 0, None
         self.tokens_uj, self.total_tokens = 0, 0  # over the steps that reported a token count
 

@@ -47,7 +47,7 @@ def set_counters(files, **values):
 def test_rapl_sums_package_zones_only_and_undoes_a_wrap(powercap):
     root, files = powercap
     meter = EnergyMeter.create("cpu", "auto", powercap=root)
-    assert meter.source == "rapl" and meter.unavailable is None
+    assert meter.source == "rapl" and meter.unavailable is None and meter.node_wide  # one rank per node
     meter.begin()
     set_counters(files, pkg0=950, pkg1=130, core0=9000, dram0=9000, psys=90000, mmio=950)
     m1 = meter.end(tokens=10)
@@ -136,7 +136,7 @@ def test_nvml_energy_is_the_counter_difference_of_the_device_in_use(monkeypatch,
     fake = FakeNvml({"GPU-1234-abcd": [10_000, 10_000, 12_500, 20_000, 20_001], "GPU-other": [0] * 5})
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     meter = EnergyMeter.create("cuda:0", "auto")
-    assert fake.inited and meter.source == "nvml"
+    assert fake.inited and meter.source == "nvml" and not meter.node_wide  # ranks' GPUs add up
     meter.begin()
     assert meter.end(tokens=1000) == {"energy/step_j": 2.5, "energy/j_per_token": 2.5e-3}
     meter.begin()
