@@ -301,3 +301,23 @@ def test_gloo_collectives_show_nonzero_comm_time(tmp_path):
     assert res[0]["m"]["time/comm_s"] > 0.05  # the wait for rank 1 is comm, not update
     assert res[0]["m"]["time/update_s"] < res[0]["m"]["time/comm_s"]
     assert res[1]["m"]["time/update_s"] >= 0.1  # rank 1's sleep stays in update
+
+
+@pytest.mark.gpu
+def test_cuda_sampled_steps_charge_kernels_to_their_phase():
+    """On CUDA a sampled step's phase holds its kernels' device time; an unsampled step's phase
+    only the launches (the work lands in whatever next waits: here end_step's caller)."""
+    dev = torch.device("cuda")
+    x = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+    t = PhaseTimer(TimingConfig(sync_interval=2), dev)
+    out = []
+    for step in range(4):
+        t.begin_step(step)
+        with t.phase("update"):
+            for _ in range(20):
+                y = x @ x
+        out.append(t.end_step())
+        torch.cuda.synchronize()
+    assert [m["time/synced"] for m in out] == [1.0, 0.0, 1.0, 0.0]
+    assert out[2]["time/update_s"] > 5 * out[3]["time/update_s"]
+    assert y.shape == x.shape
