@@ -27,15 +27,15 @@ Device synchronisation. CUDA kernels run asynchronously: the host returns from a
 and the time shows up wherever the host next waits for the device. A phase boundary is honest only
 if the device is drained there, so on a SAMPLED step (step % sync_interval == 0) the timer calls
 `torch.cuda.synchronize` at begin_step, at every phase entry and exit, and at end_step: each phase
-then holds exactly the device work issued inside it, and `time/synced` is 1. On every other step
-the timer adds no synchronisation at all (the cost: one sync per boundary, which also stalls the
-launch queue the next phase could have overlapped with). Those steps report HOST time: the time
-the CPU spent inside each phase, where device work still queued at a boundary is charged to the
+then holds exactly the device work issued inside it, and `time/synced` is 1. A sync costs a wait
+per boundary and stalls the launch queue the next phase could have overlapped with, so on every
+other step the timer adds no synchronisation at all. Those steps report HOST time: the time the
+CPU spent inside each phase, where device work still queued at a boundary is charged to the
 phase that next blocks on the device (in practice `update`, whose `float(loss)` waits for the
-forward and backward; rollout's sampling reads tokens back every decode step, so rollout is
-close to honest anyway). The step total of an unsampled step is the host interval between
-begin_step and end_step; work queued after the last blocking call (the optimizer's kernels)
-lands in the next step. `time/synced` is 0 on these steps: average phase splits over synced steps
+forward and backward; the generator's EOS check `bool(done.all())` reads back every decode step,
+so rollout with an EOS id is close to honest anyway). The step total of an unsampled step is the
+host interval between begin_step and end_step; work queued after the last blocking call (the
+optimizer's kernels) lands in the next step. `time/synced` is 0 on these steps: average phase splits over synced steps
 only. `sync_interval=0` never synchronises. On CPU (and any synchronous device) host time is
 device time: no sync is ever issued and every step reports `time/synced` = 1.
 
