@@ -283,10 +283,21 @@ def _gloo_worker(rank: int, store: str, out: str):
             dist.all_gather(parts, x)
             dist.broadcast(x, src=0)
     m = t.end_step()
+    # bench's own helpers call dist.<name> through the module: caught the same way
+    from bench.distributed import DistInfo, mean
+    from bench.rl.rollout_shards import gather_rows
+
+    info = DistInfo(rank=rank, world=2)
+    t.begin_step(1)
+    with timed_collectives():
+        with t.phase("score"):
+            rows = gather_rows([torch.full((2, 3), float(rank))], info)[0]
+            avg = mean(float(rank), info)
+    helpers = t.end_step()
     dist.barrier()
     dist.destroy_process_group()
     with open(f"{out}.{rank}", "w") as f:
-        json.dump({"m": m, "x": x.tolist()}, f)
+        json.dump({"m": m, "x": x.tolist(), "helpers": helpers, "rows": rows.tolist(), "avg": avg}, f)
 
 
 @pytest.mark.slow
@@ -301,6 +312,9 @@ def test_gloo_collectives_show_nonzero_comm_time(tmp_path):
     assert res[0]["m"]["time/comm_s"] > 0.05  # the wait for rank 1 is comm, not update
     assert res[0]["m"]["time/update_s"] < res[0]["m"]["time/comm_s"]
     assert res[1]["m"]["time/update_s"] >= 0.1  # rank 1's sleep stays in update
+    for r in res:
+        assert r["rows"] == [[0.0] * 3] * 2 + [[1.0] * 3] * 2 and r["avg"] == 0.5
+        assert r["helpers"]["time/comm_s"] > 0  # 0 if the helpers' collectives escaped the wrapper
 
 
 @pytest.mark.gpu
