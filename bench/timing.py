@@ -212,6 +212,15 @@ class PhaseTimer:
             out.update(self.energy.end(tokens))
         return out
 
+    def abort_step(self) -> None:
+        """Drop an open step without metrics (an exception left it half-way); closes its phases
+        and detaches the module-level `phase()`. A no-op when no step is open."""
+        global _ACTIVE
+        self._stack.clear()
+        self._t0 = None
+        if _ACTIVE is self:
+            _ACTIVE = None
+
     def summary(self) -> dict:
         """summary.json's `time`: total seconds per phase over the ended steps and their fractions
         (synced and unsynced steps alike: on CUDA the totals are honest, since every unsynced

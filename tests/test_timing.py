@@ -185,6 +185,25 @@ def test_misuse_is_a_clear_error():
             t.end_step()
 
 
+def test_abort_drops_a_half_done_step():
+    c = FakeClock()
+    t = make(clock=c)
+    t.begin_step(0)
+    with pytest.raises(ZeroDivisionError):
+        with t.phase("update"):
+            with t.phase("comm"):
+                c.tick(5)
+                1 / 0
+    t.abort_step()
+    with phase("eval"):  # detached: no step open
+        c.tick(100)
+    t.begin_step(1)
+    c.tick(3)
+    m = t.end_step()
+    assert m["time/update_s"] == 0.0 and m["time/comm_s"] == 0.0 and m["time/other_s"] == 3e-9
+    assert t.summary()["steps"] == 1
+
+
 @pytest.mark.parametrize("kw, msg", [({"sync_interval": -1}, "timing.sync_interval=-1 must be >= 0"),
                                      ({"energy": "gpu"}, "timing.energy='gpu'; valid: auto, nvml, rapl, off")])
 def test_bad_timing_config_names_value_and_choices(kw, msg):
