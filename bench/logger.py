@@ -76,9 +76,11 @@ class RunLogger:
     """log_metrics / log_eval / log_event write JSONL first, then mirror to console and wandb."""
 
     def __init__(self, run_dir: Path, logger_cfg, resolved_config: dict, total_steps: int,
-                 start_step: int = 0, resume: bool = False):
+                 start_step: int = 0, resume: bool = False, wall_offset: float = 0.0):
+        """wall_offset: wall time of the earlier segments of a resumed run (at its checkpoint), so
+        `wall_s` continues where the kept lines stop instead of restarting at 0."""
         self.run_dir = Path(run_dir)
-        self.t0 = time.time()
+        self.t0 = time.time() - wall_offset
         self.metrics = JsonlWriter(self.run_dir / "metrics.jsonl")
         self.evals = JsonlWriter(self.run_dir / "evals.jsonl")
         self.events = JsonlWriter(self.run_dir / "events.jsonl")
@@ -114,10 +116,12 @@ class RunLogger:
         print(f"eval @ {step}: " + "  ".join(f"{k}={v:.4g}" for k, v in values.items()), flush=True)
 
     def log_event(self, event: dict):
+        """event: an Event's to_dict() (bench/events.py)."""
         self.events.write(event)
         self.wandb.log({"step": event["step"], f"events/{event['kind']}": event.get("value")})
+        stat = f" {event['stat']}" if event.get("stat") else ""
         print(f"event @ {event['step']}: {event['kind']} at {event['where']} "
-              f"(value={event['value']:.4g}, threshold={event['threshold']:.4g}) -> {event['action']}", flush=True)
+              f"(value{stat}={event['value']:.4g}, threshold={event['threshold']:.4g}) -> {event['action']}", flush=True)
 
     def close(self, exit_code: int = 0):
         if self.progress is not None:
