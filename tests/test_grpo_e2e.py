@@ -16,7 +16,8 @@ MISMATCH = ["token_mult_prob_error", "gen_kl_k3", "policy_kl_k3", "kl_k1", "js",
 IS = [f"raw_{s}" for s in ("mean", "std", "min", "max")] + [f"weight_{s}" for s in ("mean", "std", "min", "max")] + \
      ["ess", "frac_high", "frac_low", "token_masked_frac", "seq_masked_frac", "veto_seq_frac"]
 RL = ["rollout/reward_mean", "rollout/reward_std", "rollout/response_len_mean", "rl/clip_frac", "rl/entropy",
-      "rl/kl_ref", "train/loss", "train/grad_norm", "train/lr", "train/step_time_s", "train/tokens_per_s"]
+      "train/lr", "train/step_time_s", "train/tokens_per_s", "train/updates"]
+UPDATE = ["train/loss", "train/grad_norm"]  # only on steps where an update ran
 
 
 def short(tmp_path, *extra):
@@ -33,6 +34,8 @@ def test_fp8_generator_run_logs_every_mismatch_is_and_rl_metric_each_step(tmp_pa
     for m in metrics:
         for key in [f"mismatch/{k}" for k in MISMATCH] + [f"is/{k}" for k in IS] + RL:
             assert key in m, key
+        assert all((k in m) == (m["train/updates"] > 0) for k in UPDATE)
+        assert "rl/kl_ref" not in m  # kl_coef=0: no reference, nothing measured
         # An FP8 W8A8 generator is not the bf16 trainer: its log-probs must differ.
         assert m["mismatch/token_mult_prob_error"] > 1.0
     evals = read_jsonl(d / "evals.jsonl")
@@ -77,8 +80,8 @@ def test_resumed_grpo_run_matches_uninterrupted_run_bitwise_in_fp32(tmp_path):
     assert json.loads((part / "summary.json").read_text())["status"] == "preempted"
     assert run_in_process("grpo", common + [f"run_dir={part}", "resume=true"]) == 0
     keys = ("train/loss", "rollout/reward_mean", "mismatch/token_mult_prob_error")
-    a = {m["step"]: [m[k] for k in keys] for m in read_jsonl(full / "metrics.jsonl")}
-    b = {m["step"]: [m[k] for k in keys] for m in read_jsonl(part / "metrics.jsonl")}
+    a = {m["step"]: [m.get(k) for k in keys] for m in read_jsonl(full / "metrics.jsonl")}
+    b = {m["step"]: [m.get(k) for k in keys] for m in read_jsonl(part / "metrics.jsonl")}
     assert a == b
 
 
