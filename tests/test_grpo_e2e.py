@@ -24,6 +24,13 @@ def short(tmp_path, *extra):
     return SHORT + [f"warmup.cache_dir={tmp_path / 'cache'}", *extra]
 
 
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory):
+    """Overrides for a warm start that earns some reward (2-token reversal), so updates run;
+    the warm-up is cached once for the module."""
+    return ["task.length=2", "warmup.steps=40", f"warmup.cache_dir={tmp_path_factory.mktemp('warm')}"]
+
+
 def test_fp8_generator_run_logs_every_mismatch_is_and_rl_metric_each_step(tmp_path):
     d = tmp_path / "run"
     rc = run_in_process("grpo", short(tmp_path, "generator_precision=fp8_blockwise", "is_correction=tis",
@@ -93,3 +100,29 @@ def test_fp8_kv_cache_logs_its_saturation_and_a_plain_cache_does_not(tmp_path):
         logged[kv] = [m.get("rollout/kv_saturation_frac") for m in read_jsonl(d / "metrics.jsonl")]
     assert all(v is not None and 0.0 <= v <= 1.0 for v in logged["fp8"])
     assert logged["auto"] == [None, None]
+
+
+def test_kl_to_the_reference_is_zero_before_the_first_update_in_the_trainers_precision(tmp_path, learned):
+    """The reference runs in the trainer's precision (bf16 here): at step 0, before any update,
+    pi_new == pi_ref exactly, so rl/kl_ref is 0 (an fp32 reference read ~1e-4 here)."""
+    d = tmp_path / "run"
+    assert run_in_process("grpo", short(tmp_path, "steps=1", "eval_every=1", "grpo.kl_coef=0.1",
+                                        "trainer_precision=bf16", f"run_dir={d}", *learned)) == 0
+    (m,) = read_jsonl(d / "metrics.jsonl")
+    assert m["train/updates"] == 1 and m["rl/kl_ref"] == 0.0
+
+
+def test_events_carry_the_rollout_step_and_the_optimizer_step(tmp_path, learned):
+    """Two minibatches x two epochs: 4 optimizer steps per rollout step. A tiny skip threshold
+    makes every update raise an event: each carries the rollout step and its own opt_step."""
+    d = tmp_path / "run"
+    assert run_in_process("grpo", short(tmp_path, "steps=2", "eval_every=2", "grpo.minibatches=2",
+                                        "grpo.ppo_epochs=2", "policy.underflow_frac=0.0", "monitor.interval=1",
+                                        "trainer_precision=fp8_tensorwise", f"run_dir={d}", *learned)) == 0
+    steps = {m["step"]: m["train/updates"] for m in read_jsonl(d / "metrics.jsonl")}
+    ev = [e for e in read_jsonl(d / "events.jsonl") if e["kind"] == "underflow"]
+    assert ev and {e["step"] for e in ev} <= set(steps) and sum(steps.values()) > 0
+    for s, n in steps.items():
+        ops = sorted({e["opt_step"] for e in ev if e["step"] == s})
+        assert len(ops) == n  # one distinct optimizer step per update that ran
+    assert all(e.get("opt_step") is None for e in read_jsonl(d / "events.jsonl") if e["kind"] == "resume")
