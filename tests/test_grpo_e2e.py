@@ -5,6 +5,8 @@ import pytest
 
 from helpers import read_jsonl, run_in_process
 
+pytestmark = pytest.mark.slow  # end-to-end runs: the fast loop is -m "not slow"
+
 # Two layers, four prompts x four samples, a 20-step warm-up cached per test: seconds per run.
 SHORT = ["model.n_layers=2", "steps=4", "eval_every=2", "checkpoint_every=2", "eval_problems=16",
          "grpo.prompts_per_step=4", "grpo.group_size=4", "warmup.steps=20", "monitor.interval=2"]

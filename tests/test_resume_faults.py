@@ -13,6 +13,8 @@ import pytest
 
 from helpers import ROOT, read_jsonl, run_cli, run_in_process
 
+pytestmark = pytest.mark.slow  # end-to-end runs: the fast loop is -m "not slow"
+
 TINY = ["model.n_layers=2", "batch_size=16", "eval_problems=16", "monitor.interval=0", "precision=fp32"]
 
 
@@ -80,7 +82,6 @@ def wait_for_lines(path, n, proc, timeout=180):
         time.sleep(0.02)
 
 
-@pytest.mark.slow
 def test_sigkill_at_random_steps_five_times_then_resume_reads_as_one_uninterrupted_run(tmp_path):
     steps = 40
     common = ["-m", "recipes.pretrain", *TINY, f"steps={steps}", "eval_every=10", "checkpoint_every=5",
