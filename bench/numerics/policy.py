@@ -95,6 +95,8 @@ class InstabilityPolicy:
         """cfg: the `policy` config (attributes of PolicyConfig); emit(Event) writes one events.jsonl
         line; signals: which of SIGNALS this recipe's trend detectors watch; eval_margin: the
         accuracy drop below the run's best that is an eval_regression event."""
+        if isinstance(cfg, dict):  # callers that name only a few knobs (bench/perf.py): the rest default
+            cfg = PolicyConfig(**cfg)
         if cfg.action not in ACTIONS:
             raise BadInput(f"policy.action={cfg.action!r}; valid: {', '.join(ACTIONS)}")
         unknown = sorted(set(signals) - set(SIGNALS))
