@@ -95,3 +95,17 @@ def test_grpo_signals_ignore_loss_spikes_but_keep_grad_spikes():
         p.check(i, 1e-3 * (i % 3), 1.0 + 0.01 * (i % 3), 0)
     assert not p.check(15, 50.0, 1.0, 0).halt and events == []
     assert p.check(16, 0.0, 80.0, 0).halt and events[0]["kind"] == "grad_spike"
+
+
+@pytest.mark.parametrize("knob,value,needle", [
+    ("diverge_window", 0, "policy.diverge_window=0 must be a positive integer"),
+    ("spike_min_history", 80, "policy.spike_min_history=80 must be <= policy.spike_window=50"),
+    ("overflow_frac", 1.5, "policy.overflow_frac=1.5 must be in [0, 1]"),
+    ("loss_rise", 0.0, "policy.loss_rise=0.0 must be > 0"),
+    ("grad_growth", 0.5, "policy.grad_growth=0.5 must be > 1"),
+])
+def test_bad_policy_knobs_are_one_line_of_bad_input(knob, value, needle):
+    with pytest.raises(BadInput) as e:
+        InstabilityPolicy(PolicyConfig(**{knob: value}), lambda ev: None)
+    assert str(e.value) == needle or needle in str(e.value)
+    assert "\n" not in str(e.value)

@@ -55,6 +55,25 @@ class PolicyConfig:
     reward_drop: float = 0.3
     entropy_frac: float = 0.1
 
+    def validate(self) -> str | None:
+        """One line naming the first bad value and what is valid, or None."""
+        if self.action not in ACTIONS:
+            return f"policy.action={self.action!r}; valid: {', '.join(ACTIONS)}"
+        for k in ("spike_window", "spike_min_history", "diverge_window"):
+            if getattr(self, k) < 1:
+                return f"policy.{k}={getattr(self, k)} must be a positive integer"
+        if self.spike_min_history > self.spike_window:
+            return f"policy.spike_min_history={self.spike_min_history} must be <= policy.spike_window={self.spike_window}"
+        for k in ("overflow_frac", "underflow_frac", "acc_drop", "reward_drop", "entropy_frac"):
+            if not 0 <= getattr(self, k) <= 1:
+                return f"policy.{k}={getattr(self, k)} must be in [0, 1]"
+        for k in ("spike_z", "loss_rise"):
+            if not getattr(self, k) > 0:
+                return f"policy.{k}={getattr(self, k)} must be > 0"
+        if not self.grad_growth > 1:
+            return f"policy.grad_growth={self.grad_growth} must be > 1 (a ratio of grad-norm medians)"
+        return None
+
 
 class SpikeDetector:
     def __init__(self, window: int, z: float, min_history: int):
@@ -97,8 +116,8 @@ class InstabilityPolicy:
         accuracy drop below the run's best that is an eval_regression event."""
         if isinstance(cfg, dict):  # callers that name only a few knobs (bench/perf.py): the rest default
             cfg = PolicyConfig(**cfg)
-        if cfg.action not in ACTIONS:
-            raise BadInput(f"policy.action={cfg.action!r}; valid: {', '.join(ACTIONS)}")
+        if (reason := PolicyConfig.validate(cfg)) is not None:
+            raise BadInput(reason)
         unknown = sorted(set(signals) - set(SIGNALS))
         if unknown:
             raise ValueError(f"unknown signals {unknown}; valid: {', '.join(SIGNALS)}")
