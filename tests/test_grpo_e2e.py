@@ -128,3 +128,16 @@ def test_events_carry_the_rollout_step_and_the_optimizer_step(tmp_path, learned)
         ops = sorted({e["opt_step"] for e in ev if e["step"] == s})
         assert len(ops) == n  # one distinct optimizer step per update that ran
     assert all(e.get("opt_step") is None for e in read_jsonl(d / "events.jsonl") if e["kind"] == "resume")
+
+
+@pytest.mark.parametrize("trunc", ["grpo.top_p=0.8", "grpo.top_k=3"])
+def test_with_truncated_sampling_identical_policies_get_unit_is_ratios(tmp_path, trunc):
+    """fp32 trainer and generator: the same distribution on both sides. The IS ratio of the
+    truncated trainer over the truncated behaviour policy is then 1; mixing a truncated side with
+    an untruncated one would read 1 / (kept mass) instead."""
+    d = tmp_path / "run"
+    assert run_in_process("grpo", short(tmp_path, "steps=1", "eval_every=1", "trainer_precision=fp32",
+                                        "generator_precision=fp32", trunc, f"run_dir={d}")) == 0
+    (m,) = read_jsonl(d / "metrics.jsonl")
+    assert abs(m["is/raw_min"] - 1) < 1e-4 and abs(m["is/raw_max"] - 1) < 1e-4
+    assert m["mismatch/token_mult_prob_error"] < 1 + 1e-4  # untruncated on both sides: also identical
