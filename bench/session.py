@@ -116,6 +116,7 @@ class Session:
         self.log = RunLogger(self.run_dir, self.cfg.logger, self.resolved, total_steps, start_step,
                              resume=self.resume, wall_offset=self.wall_before)
         self.summary = rundir.read_summary(self.run_dir) if self.resume else {}
+        self.summary.pop("halted_by", None)  # a resumed segment has not halted (yet)
         self.summary.update({"status": "running", "recipe": self.recipe, "run_name": self.cfg.run_name,
                              "world_size": self.dist.world,
                              "parallel": ("fsdp" if self.sharded else "ddp") if self.dist.enabled else "none",
@@ -212,6 +213,8 @@ class Session:
         if ev.opt_step is None and getattr(self, "opt_step", None) is not None:
             ev = replace(ev, opt_step=self.opt_step)
         self.log.log_event(ev.to_dict())
+        if ev.action == "halt" and ev.kind != "halt":
+            self.summary.setdefault("halted_by", ev.to_dict())  # the first detection that stopped the run
 
     def write_summary(self):
         if not self.dist.is_main:

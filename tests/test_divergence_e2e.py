@@ -27,6 +27,7 @@ def test_pretrain_at_lr_10_halts_with_a_divergence_event(tmp_path):
     assert ev and ev[0]["action"] == "halt" and ev[0]["stat"]
     s = json.loads((d / "summary.json").read_text())
     assert s["status"] == "diverged" and list((d / "checkpoints").glob("step_*.pt"))
+    assert s["halted_by"]["kind"] == ev[0]["kind"]
 
 
 @pytest.mark.slow

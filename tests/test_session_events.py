@@ -16,7 +16,7 @@ class Sink:
 
 def session():
     s = object.__new__(Session)  # the emit path only: no config, no run dir
-    s.log, s.opt_step = Sink(), None
+    s.log, s.opt_step, s.summary = Sink(), None, {}
     return s
 
 
@@ -43,3 +43,11 @@ def test_the_optimizer_step_is_attached_inside_an_update_and_only_there():
     s.emit(Event(8, "preempt", "SIGTERM", 8, 0, "checkpoint_and_exit"))
     assert [e.get("opt_step") for e in s.log.lines] == [41, 40, None]
     assert all(e["step"] in (7, 8) for e in s.log.lines) and s.log.lines[0]["stat"] == "z"
+
+
+def test_the_first_halting_detection_is_recorded_for_the_summary():
+    s = session()
+    s.emit(Event(5, "loss_divergence", "train/loss", 3.0, 1.0, "halt", stat="loss-min"))
+    s.emit(Event(5, "halt", "policy", 1.0, 0.0, "halt"))
+    s.emit(Event(6, "grad_divergence", "train/grad_norm", 30.0, 20.0, "halt"))
+    assert s.summary["halted_by"]["kind"] == "loss_divergence" and s.summary["halted_by"]["stat"] == "loss-min"
