@@ -18,7 +18,9 @@ from bench.rundir import JsonlWriter
 
 class WandbSink:
     def __init__(self, cfg, run_dir: Path, resolved_config: dict, resume: bool):
-        mode = cfg.get("mode", "auto")
+        """cfg: the `logger.wandb` config. project/entity/group keep their .get defaults until the
+        typed logger schema exists: conf/logger/disabled.yaml does not define them."""
+        mode = cfg.mode
         if mode == "auto":
             mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
         self.run = None
@@ -84,10 +86,10 @@ class RunLogger:
         self.metrics = JsonlWriter(self.run_dir / "metrics.jsonl")
         self.evals = JsonlWriter(self.run_dir / "evals.jsonl")
         self.events = JsonlWriter(self.run_dir / "events.jsonl")
-        self.wandb = WandbSink(logger_cfg.get("wandb", {}), self.run_dir, resolved_config, resume)
-        self.console_every = int(logger_cfg.get("console_every", 10))
+        self.wandb = WandbSink(logger_cfg.wandb, self.run_dir, resolved_config, resume)
+        self.console_every = int(logger_cfg.console_every)
         self.progress = None
-        if logger_cfg.get("progress", True) and total_steps > 0:
+        if logger_cfg.progress and total_steps > 0:
             self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                      TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False,
                                      disable=not sys.stdout.isatty())
