@@ -109,9 +109,10 @@ class Session:
             self.log, self.summary = NullLogger(), {"final": {}, "best": {}}
             return
         cut = {}
-        if self.resume_state is not None:  # the files must read as one run: drop what follows the checkpoint
-            cut = rundir.cut_back(self.run_dir, self.resume_state.get("jsonl_sizes", {}),
-                                  time.strftime("%Y%m%dT%H%M%S"))
+        # The files must read as one run: move aside what followed the checkpoint. (A checkpoint
+        # from before sizes were recorded cannot say where to cut: its files are left as they are.)
+        if self.resume_state is not None and "jsonl_sizes" in self.resume_state:
+            cut = rundir.cut_back(self.run_dir, self.resume_state["jsonl_sizes"], time.strftime("%Y%m%dT%H%M%S"))
         rundir.atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
         self.log = RunLogger(self.run_dir, self.cfg.logger, self.resolved, total_steps, start_step,
                              resume=self.resume, wall_offset=self.wall_before)
