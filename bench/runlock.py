@@ -44,7 +44,11 @@ def acquire(run_dir: Path) -> Held:
     key = Path(run_dir).resolve()
     if key in _HELD:
         return _HELD[key]
-    fd = os.open(key / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(key / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise BadInput(f"run_dir={run_dir} cannot hold a lock file ({e.strerror}); "
+                       f"valid: a writable directory") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -77,3 +77,9 @@ def test_resume_cut_back_keeps_the_checkpointed_prefix_and_moves_the_rest_aside(
     assert (tmp_path / "evals.jsonl").read_text() == '{"step": 5}\n' and "evals.jsonl" not in cut
     assert (tmp_path / "samples.jsonl").read_text() == "" and (tmp_path / "samples.jsonl.cut-T1").is_file()
     assert cut == {"metrics.jsonl": len("".join(lines[6:])[:-7]), "samples.jsonl": len('{"step": 8}\n')}
+
+
+def test_a_run_dir_that_cannot_hold_the_lock_is_one_line_of_bad_input(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(BadInput, match=r"run_dir=.*afile cannot hold a lock file \(Not a directory\)"):
+        runlock.acquire(tmp_path / "afile")
