@@ -138,10 +138,11 @@ class Session:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._request_stop)
 
-    def instability_policy(self, signals: tuple[str, ...]) -> InstabilityPolicy:
+    def instability_policy(self, signals: tuple[str, ...], spikes: tuple[str, ...]) -> InstabilityPolicy:
         """The run's detectors and policy (bench/numerics/policy.py), emitting through this session;
-        `signals`: the per-step metrics whose trends mean something for this recipe."""
-        self.policy = InstabilityPolicy(self.cfg.policy, self.emit, signals, eval_margin=self.cfg.eval_regression_margin)
+        `signals`: the per-step metrics whose trends mean something for this recipe, `spikes`:
+        those whose one-step z-scores do."""
+        self.policy = InstabilityPolicy(self.cfg.policy, self.emit, signals, self.cfg.eval_regression_margin, spikes)
         return self.policy
 
     @contextmanager

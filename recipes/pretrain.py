@@ -35,7 +35,7 @@ def train(s: Session) -> int:
     torch.manual_seed(cfg.seed)
     model = Transformer(s.model_cfg).to(device)
     plan, engine = plan_precision(model, cfg.precision, device)
-    policy = s.instability_policy(signals=("loss", "grad_norm"))
+    policy = s.instability_policy(signals=("loss", "grad_norm"), spikes=("loss", "grad_norm"))
     stress = OutlierInjector(model, cfg.stress)  # validates stress.module before any compute
     apply_precision(model, plan, engine)
     stress.rehook(model)  # hook the module that now sits at that name

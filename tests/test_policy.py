@@ -89,12 +89,17 @@ def test_detector_state_round_trips():
     assert list(q.loss.values) == list(p.loss.values)
 
 
-def test_grpo_signals_ignore_loss_spikes_but_keep_grad_spikes():
-    p, events = policy("halt", signals=("grad_norm", "reward", "entropy"))
+@pytest.mark.parametrize("spikes", [(), ("grad_norm",)])
+def test_spike_detectors_run_only_for_the_recipes_spike_signals(spikes):
+    events = []
+    p = InstabilityPolicy(PolicyConfig(action="halt", spike_window=20, spike_z=6.0, spike_min_history=10),
+                          lambda ev: events.append(ev.to_dict()), ("grad_norm", "reward", "entropy"), spikes=spikes)
     for i in range(15):
         p.check(i, 1e-3 * (i % 3), 1.0 + 0.01 * (i % 3), 0)
-    assert not p.check(15, 50.0, 1.0, 0).halt and events == []
-    assert p.check(16, 0.0, 80.0, 0).halt and events[0]["kind"] == "grad_spike"
+    assert not p.check(15, 50.0, 1.0, 0).halt and events == []  # never a loss spike here
+    assert p.check(16, 0.0, 80.0, 0).halt == bool(spikes)
+    assert [e["kind"] for e in events] == (["grad_spike", "halt"] if spikes else [])
+    assert p.check(17, math.nan, 1.0, 0).halt  # nonfinite is always checked
 
 
 @pytest.mark.parametrize("knob,value,needle", [

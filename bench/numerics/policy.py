@@ -15,9 +15,12 @@ Trend detectors (bench/numerics/divergence.py), fed once per recipe step with th
 entropy_collapse, accuracy_collapse; and eval_regression, an accuracy drop of more than
 `eval_margin` below the run's best (always action "log": a wobble worth reading, not a failure).
 
-A recipe says which signals mean something for it (`signals`). In GRPO the policy loss is ~0 by
-construction (group advantages have zero mean), so its z-scores are noise divided by noise and
-its running minimum says nothing: GRPO watches the gradient norm, reward and entropy instead.
+A recipe says which signals mean something for it: `spikes` (z-score detectors) and `signals`
+(trend detectors). In GRPO the policy loss is ~0 by construction (group advantages have zero
+mean), so its z-scores are noise divided by noise and its running minimum says nothing; and its
+gradient norm is heavy-tailed policy-gradient noise (a healthy default run showed z = 9.7 at step
+30). So GRPO runs no spike detector and watches the trends of the gradient norm, reward and
+entropy instead (plus nonfinite, overflow/underflow and the recipe's mismatch_spike).
 
 Policy (config `policy.action`): `halt` (status diverged, exit 1), `skip_step` (drop this step's
 update), `fallback` (switch the offending FP8 module to bf16 and continue; detections not tied to
@@ -110,18 +113,20 @@ class Decision:
 
 
 class InstabilityPolicy:
-    def __init__(self, cfg, emit: Emit, signals: tuple[str, ...] = ("loss", "grad_norm"), eval_margin: float = 0.1):
+    def __init__(self, cfg, emit: Emit, signals: tuple[str, ...] = ("loss", "grad_norm"), eval_margin: float = 0.1,
+                 spikes: tuple[str, ...] = ("loss", "grad_norm")):
         """cfg: the `policy` config (attributes of PolicyConfig); emit(Event) writes one events.jsonl
         line; signals: which of SIGNALS this recipe's trend detectors watch; eval_margin: the
-        accuracy drop below the run's best that is an eval_regression event."""
+        accuracy drop below the run's best that is an eval_regression event; spikes: which of
+        loss, grad_norm get a z-score spike detector."""
         if isinstance(cfg, dict):  # callers that name only a few knobs (bench/perf.py): the rest default
             cfg = PolicyConfig(**cfg)
         if (reason := PolicyConfig.validate(cfg)) is not None:
             raise BadInput(reason)
-        unknown = sorted(set(signals) - set(SIGNALS))
+        unknown = sorted(set(signals) - set(SIGNALS)) + sorted(set(spikes) - {"loss", "grad_norm"})
         if unknown:
             raise ValueError(f"unknown signals {unknown}; valid: {', '.join(SIGNALS)}")
-        self.action, self.cfg, self.emit, self.signals = cfg.action, cfg, emit, tuple(signals)
+        self.action, self.cfg, self.emit, self.signals, self.spikes = cfg.action, cfg, emit, tuple(signals), tuple(spikes)
         self.loss = SpikeDetector(cfg.spike_window, cfg.spike_z, cfg.spike_min_history)
         self.grad = SpikeDetector(cfg.spike_window, cfg.spike_z, cfg.spike_min_history)
         self.trend = DivergenceWatch(cfg.diverge_window, cfg.loss_rise, cfg.grad_growth, cfg.acc_drop,
@@ -154,7 +159,7 @@ class InstabilityPolicy:
               numerics: list[tuple[str, str, str, float]] = ()) -> Decision:
         """One optimizer step's checks. numerics: (kind, module, role, value) detections from the
         monitor's sampled step. grad_norm None: not checked this step (fp16 overflow, handled by
-        the loss scaler). The loss spike is checked only when "loss" is a watched signal."""
+        the loss scaler). Spike detectors run only for the recipe's `spikes`."""
         d = Decision()
         act = self.action
         plain_act = "skip_step" if act == "fallback" else act  # fallback needs a module to act on
@@ -166,8 +171,8 @@ class InstabilityPolicy:
                         stat="count" if where == "activations" else None)
         for kind, module, role, value in numerics:
             self._event(step, kind, f"{module}/{role}", value, self.threshold(kind), act, d, module=module, stat="frac")
-        spikes = ((self.loss, "loss_spike", loss if "loss" in self.signals else None),
-                  (self.grad, "grad_spike", grad_norm))
+        spikes = ((self.loss, "loss_spike", loss if "loss" in self.spikes else None),
+                  (self.grad, "grad_spike", grad_norm if "grad_norm" in self.spikes else None))
         for det, name, x in spikes:
             if x is None:
                 continue
