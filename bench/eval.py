@@ -6,8 +6,8 @@ measures what the trained weights know, independently of any generator engine.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from bench.lm_loss import masked_ce_sum
 from bench.tasks import Task
 from bench.tasks.tokenizer import EOS
 
@@ -21,9 +21,9 @@ def eval_loss(model, task: Task, ctx_fn, device, batches: int = 4, batch_size: i
         inputs, targets, mask = (t.to(device) for t in task.lm_batch("eval", batch_size, EVAL_SEED + b))
         with ctx_fn():
             logits = model(inputs)
-        ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-        total += float((ce * mask.flatten()).sum())
-        count += int(mask.sum())
+        ce_sum, n = masked_ce_sum(logits, targets, mask)
+        total += float(ce_sum)
+        count += int(n)
     return total / max(count, 1)
 
 

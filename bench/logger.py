@@ -18,7 +18,9 @@ from bench.rundir import JsonlWriter
 
 class WandbSink:
     def __init__(self, cfg, run_dir: Path, resolved_config: dict, resume: bool):
-        mode = cfg.get("mode", "auto")
+        """cfg: the `logger.wandb` config. project/entity/group keep their .get defaults until the
+        typed logger schema exists: conf/logger/disabled.yaml does not define them."""
+        mode = cfg.mode
         if mode == "auto":
             mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
         self.run = None
@@ -76,16 +78,18 @@ class RunLogger:
     """log_metrics / log_eval / log_event write JSONL first, then mirror to console and wandb."""
 
     def __init__(self, run_dir: Path, logger_cfg, resolved_config: dict, total_steps: int,
-                 start_step: int = 0, resume: bool = False):
+                 start_step: int = 0, resume: bool = False, wall_offset: float = 0.0):
+        """wall_offset: wall time of the earlier segments of a resumed run (at its checkpoint), so
+        `wall_s` continues where the kept lines stop instead of restarting at 0."""
         self.run_dir = Path(run_dir)
-        self.t0 = time.time()
+        self.t0 = time.time() - wall_offset
         self.metrics = JsonlWriter(self.run_dir / "metrics.jsonl")
         self.evals = JsonlWriter(self.run_dir / "evals.jsonl")
         self.events = JsonlWriter(self.run_dir / "events.jsonl")
-        self.wandb = WandbSink(logger_cfg.get("wandb", {}), self.run_dir, resolved_config, resume)
-        self.console_every = int(logger_cfg.get("console_every", 10))
+        self.wandb = WandbSink(logger_cfg.wandb, self.run_dir, resolved_config, resume)
+        self.console_every = int(logger_cfg.console_every)
         self.progress = None
-        if logger_cfg.get("progress", True) and total_steps > 0:
+        if logger_cfg.progress and total_steps > 0:
             self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                      TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False,
                                      disable=not sys.stdout.isatty())
@@ -114,10 +118,12 @@ class RunLogger:
         print(f"eval @ {step}: " + "  ".join(f"{k}={v:.4g}" for k, v in values.items()), flush=True)
 
     def log_event(self, event: dict):
+        """event: an Event's to_dict() (bench/events.py)."""
         self.events.write(event)
         self.wandb.log({"step": event["step"], f"events/{event['kind']}": event.get("value")})
+        stat = f" {event['stat']}" if event.get("stat") else ""
         print(f"event @ {event['step']}: {event['kind']} at {event['where']} "
-              f"(value={event['value']:.4g}, threshold={event['threshold']:.4g}) -> {event['action']}", flush=True)
+              f"(value{stat}={event['value']:.4g}, threshold={event['threshold']:.4g}) -> {event['action']}", flush=True)
 
     def close(self, exit_code: int = 0):
         if self.progress is not None:

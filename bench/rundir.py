@@ -7,6 +7,12 @@
 
 JSONL lines are flushed and fsync'd per write, and summary.json is replaced atomically, so a
 crash (or SIGKILL) loses at most the step in flight. wandb only mirrors these files.
+
+One run dir, one writer: `prepare` takes an advisory lock (bench/runlock.py) that the session
+releases when it finishes. Resume reads as one run: every checkpoint records how many bytes each
+JSONL file held when it was written (`jsonl_sizes`), and `cut_back` truncates the files to those
+sizes on resume, moving what a crashed segment wrote after its last checkpoint to a side file
+`<name>.cut-<stamp>` (never silently dropped), so no step appears twice.
 """
 from __future__ import annotations
 
@@ -19,9 +25,11 @@ from pathlib import Path
 
 import torch
 
+from bench import runlock
 from bench.errors import BadInput
 
 FILES = ("config.yaml", "metrics.jsonl", "events.jsonl", "evals.jsonl", "summary.json")
+JSONL = ("metrics.jsonl", "events.jsonl", "evals.jsonl", "samples.jsonl", "attribution.jsonl")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -63,11 +71,14 @@ class JsonlWriter:
 
 
 def prepare(run_dir: str | Path, resume: bool) -> Path:
-    """Create (or, with resume, reopen) a run dir. Never overwrites a non-empty dir without resume."""
+    """Create (or, with resume, reopen) a run dir and lock it for this process (runlock.acquire).
+    Never overwrites a non-empty dir without resume."""
     path = Path(run_dir)
     if path.exists() and not path.is_dir():
         raise BadInput(f"run_dir={path} exists and is not a directory")
-    nonempty = path.is_dir() and any(path.iterdir())
+    if path.is_dir():
+        runlock.acquire(path)  # a live writer is refused before anything else is said about the dir
+    nonempty = path.is_dir() and any(p.name != runlock.LOCK_NAME for p in path.iterdir())
     if resume:
         if not (path / "checkpoints").is_dir() or not any((path / "checkpoints").glob("step_*.pt")):
             raise BadInput(f"resume=true but run_dir={path} has no checkpoint under checkpoints/; "
@@ -76,7 +87,39 @@ def prepare(run_dir: str | Path, resume: bool) -> Path:
         raise BadInput(f"run_dir={path} already holds a run; pass resume=true to continue it "
                        f"or choose another run_dir (runs are never overwritten)")
     (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+    runlock.acquire(path)
     return path
+
+
+def jsonl_sizes(run_dir: Path) -> dict[str, int]:
+    """Bytes in each run-dir JSONL file now (all of it flushed: JsonlWriter flushes per line)."""
+    return {name: (Path(run_dir) / name).stat().st_size for name in JSONL if (Path(run_dir) / name).is_file()}
+
+
+def cut_back(run_dir: Path, sizes: dict[str, int], stamp: str) -> dict[str, int]:
+    """Truncate each JSONL file to the size recorded at the checkpoint being resumed; the bytes
+    after it (lines of steps that will run again, and a torn last line from a SIGKILL) are appended
+    to `<name>.cut-<stamp>`. A file the checkpoint did not know holds only later lines: all of it
+    is cut. Returns {file: bytes cut} for the files that had any."""
+    cut = {}
+    for name in JSONL:
+        f = Path(run_dir) / name
+        if not f.is_file():
+            continue
+        keep = sizes.get(name, 0)
+        data = f.read_bytes()
+        if len(data) <= keep:
+            continue
+        side = f.with_name(f"{name}.cut-{stamp}")
+        with open(side, "ab") as out:
+            out.write(data[keep:])
+            out.flush()
+            os.fsync(out.fileno())
+        with open(f, "r+b") as fh:  # the side copy is durable before the original shrinks
+            fh.truncate(keep)
+            os.fsync(fh.fileno())
+        cut[name] = len(data) - keep
+    return cut
 
 
 def versions() -> dict:

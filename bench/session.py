@@ -2,8 +2,16 @@
 
 A recipe calls `Session.start(cfg)` first: every check of user input happens there, before any
 compute, and raises BadInput (one line, exit 2). Then the session owns the run directory
-(DESIGN.md §4), the logger fan-out, events, the in-run eval-regression detector, checkpoints and
-summary.json (status running -> completed | diverged | failed | preempted).
+(DESIGN.md §4) and its lock, the logger fan-out, the one emit path for events, checkpoints and
+summary.json (status running -> completed | diverged | failed | preempted), and the loop's
+bookkeeping, so a recipe's loop is only its step:
+
+    with s.running(monitor.close):
+        for step in range(start, cfg.steps):
+            ...one step...
+            if not s.end_step(step, metrics, decision.halt, evaluate, state):
+                break
+    return s.finish()
 """
 from __future__ import annotations
 
@@ -11,16 +19,21 @@ import os
 import signal
 import sys
 import time
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 from omegaconf import OmegaConf
 
 from bench import checkpoint as ckpt
-from bench import distributed, rundir
+from bench import distributed, rundir, runlock
 from bench.errors import BadInput
+from bench.events import Event
 from bench.logger import NullLogger, RunLogger
 from bench.model import ModelConfig
+from bench.numerics.policy import InstabilityPolicy
 from bench.tasks import build_task
 
 
@@ -80,33 +93,112 @@ class Session:
         self.wall_before = 0.0  # wall time of earlier segments of a resumed run
 
     # --- start/finish -----------------------------------------------------------------------
-    def open(self, total_steps: int, start_step: int) -> None:
-        if int(self.cfg.get("threads", 0)) > 0:
+    def open(self, total_steps: int, start_step: int, model=None) -> None:
+        """Start (or continue) the run's record: cut the JSONL files back to the resumed
+        checkpoint, open the logger, write config.yaml and a `running` summary, install the
+        preemption handlers. `model`: the trainer's model, to record whether FSDP sharded it."""
+        if self.cfg.threads > 0:
             torch.set_num_threads(int(self.cfg.threads))
         self.t0 = time.time()
+        self.status, self.steps_done, self.opt_step = "completed", start_step, None
+        self.sharded = model is not None and distributed.is_sharded(model)
+        # FSDP: every rank runs the eval (its forwards all-gather weights); rank 0 alone logs it.
+        self.evals_here = self.dist.is_main or self.sharded
+        self.policy = getattr(self, "policy", None)
         if not self.dist.is_main:
             self.log, self.summary = NullLogger(), {"final": {}, "best": {}}
             return
+        cut = {}
+        # The files must read as one run: move aside what followed the checkpoint. (A checkpoint
+        # from before sizes were recorded cannot say where to cut: its files are left as they are.)
+        if self.resume_state is not None and "jsonl_sizes" in self.resume_state:
+            cut = rundir.cut_back(self.run_dir, self.resume_state["jsonl_sizes"], time.strftime("%Y%m%dT%H%M%S"))
         rundir.atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
-        self.log = RunLogger(self.run_dir, self.cfg.get("logger", {}), self.resolved, total_steps,
-                             start_step, resume=self.resume)
+        self.log = RunLogger(self.run_dir, self.cfg.logger, self.resolved, total_steps, start_step,
+                             resume=self.resume, wall_offset=self.wall_before)
         self.summary = rundir.read_summary(self.run_dir) if self.resume else {}
+        self.summary.pop("halted_by", None)  # a resumed segment has not halted (yet)
         self.summary.update({"status": "running", "recipe": self.recipe, "run_name": self.cfg.run_name,
                              "world_size": self.dist.world,
+                             "parallel": ("fsdp" if self.sharded else "ddp") if self.dist.enabled else "none",
                              "versions": rundir.versions(), "device": rundir.device_string(self.device)})
         self.summary.setdefault("final", {})
         self.summary.setdefault("best", {})
         self.write_summary()
+        lock = runlock.held(self.run_dir)
+        if lock is not None and lock.stale:  # value: the dead holder's pid
+            pid = lock.stale.split()[0]
+            self.emit(Event(start_step, "lock_takeover", lock.stale, float(pid) if pid.isdigit() else -1, 0,
+                            "take_over", stat="pid"))
         if self.resume_state is not None:
-            self.event(start_step, "resume", "checkpoint", start_step, 0, "resume")
+            self.emit(Event(start_step, "resume", "checkpoint", start_step, 0, "resume", stat="step"))
+            for name, n in cut.items():
+                print(f"resume: moved {n} bytes of {name} written after step {start_step} to {name}.cut-*", flush=True)
         # Slurm preemption and Ctrl-C: finish the step in flight, checkpoint, exit cleanly.
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._request_stop)
 
+    def instability_policy(self, signals: tuple[str, ...], spikes: tuple[str, ...]) -> InstabilityPolicy:
+        """The run's detectors and policy (bench/numerics/policy.py), emitting through this session;
+        `signals`: the per-step metrics whose trends mean something for this recipe, `spikes`:
+        those whose one-step z-scores do."""
+        self.policy = InstabilityPolicy(self.cfg.policy, self.emit, signals, self.cfg.eval_regression_margin, spikes)
+        return self.policy
+
+    @contextmanager
+    def running(self, *closers):
+        """The training loop's frame: an exception marks the run failed (and propagates); the
+        closers (monitor hooks, ...) run however the loop ends. Then `return s.finish()`."""
+        try:
+            yield self
+        except Exception:
+            self.finish("failed", self.steps_done)
+            raise
+        finally:
+            for close in closers:
+                close()
+
+    def end_step(self, step: int, metrics: dict, halt: bool, evaluate: Callable[[int], dict],
+                 state: Callable[[], dict]) -> bool:
+        """Everything after step `step`'s update: log its metrics, feed the trend detectors,
+        evaluate every eval_every steps, checkpoint every checkpoint_every steps (and at the end,
+        and on a stop request), stop. Returns False when the loop must end (diverged or
+        preempted; `self.status` says which). `evaluate(steps_done)` returns the eval values
+        (called only where this rank evaluates); `state()` the recipe's checkpoint state (called
+        on every rank: under FSDP gathering it is a collective)."""
+        cfg, done = self.cfg, step + 1
+        self.log_metrics(step, metrics)
+        if self.policy is not None:
+            halt = self.policy.watch(step, metrics).halt or halt
+        if distributed.from_main(halt, self.dist):
+            self.status, self.steps_done = "diverged", step  # the step that diverged is not done
+            return False
+        self.steps_done = done
+        if (done % cfg.eval_every == 0 or done == cfg.steps) and self.run_eval(done, evaluate):
+            self.status = "diverged"
+            return False
+        stop = self.should_stop(done)
+        if stop:  # before the checkpoint, so its recorded JSONL sizes include the event
+            self.emit(Event(done, "preempt", self.stop_requested, done, 0, "checkpoint_and_exit", stat="step"))
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps or stop:
+            self.save(done, state())
+        if stop:
+            self.status = "preempted"
+        return not stop
+
+    def run_eval(self, steps_done: int, evaluate: Callable[[int], dict]) -> bool:
+        """Evaluate where this rank evaluates, log it (rank 0), and return whether the policy halts."""
+        halt = False
+        if self.evals_here:
+            values = evaluate(steps_done)
+            if self.dist.is_main:
+                halt = self.log_eval(steps_done, values)
+        return distributed.from_main(halt, self.dist)
+
     def should_stop(self, step_done: int) -> bool:
         """SIGTERM/SIGINT arrived, or the configured stop_after step is done (rank 0 decides for
         every rank, so all of them checkpoint and stop at the same step)."""
-        after = self.cfg.get("stop_after")
+        after = self.cfg.stop_after
         if after is not None and step_done >= int(after) and not self.stop_requested:
             self.stop_requested = f"stop_after={after}"
         self.stop_requested = distributed.from_main(self.stop_requested, self.dist)
@@ -115,12 +207,16 @@ class Session:
     def _request_stop(self, signum, frame):
         self.stop_requested = signal.Signals(signum).name
 
-    def event(self, step, kind, where, value, threshold, action):
-        self.log.log_event({"step": int(step), "kind": kind, "where": where, "value": float(value),
-                            "threshold": float(threshold), "action": action})
-
-    def emit(self, ev: dict):
-        self.log.log_event(ev)
+    def emit(self, ev: Event | dict) -> None:
+        """Write one events.jsonl line. Dicts (from code not yet on Event) are checked by building
+        the Event. Inside a GRPO update the optimizer step is attached as `opt_step`."""
+        if isinstance(ev, dict):
+            ev = Event(**ev)
+        if ev.opt_step is None and getattr(self, "opt_step", None) is not None:
+            ev = replace(ev, opt_step=self.opt_step)
+        self.log.log_event(ev.to_dict())
+        if ev.action == "halt" and ev.kind != "halt":
+            self.summary.setdefault("halted_by", ev.to_dict())  # the first detection that stopped the run
 
     def write_summary(self):
         if not self.dist.is_main:
@@ -128,12 +224,18 @@ class Session:
         self.summary["wall_s"] = round(time.time() - self.t0 + self.wall_before, 3)
         rundir.write_summary(self.run_dir, self.summary)
 
-    def finish(self, status: str, step: int) -> int:
-        """Write the final summary, close sinks; returns the process exit code."""
-        self.summary.update({"status": status, "steps_completed": step, "eval_regressions": self.eval_regressions})
+    def finish(self, status: str | None = None, step: int | None = None) -> int:
+        """Write the final summary, close sinks, release the run dir; returns the process exit code.
+        Defaults: the status and step count the loop (end_step) arrived at."""
+        status = self.status if status is None else status
+        step = self.steps_done if step is None else step
+        regressions = self.policy.eval_regressions if self.policy is not None else []
+        self.summary.update({"status": status, "steps_completed": step, "eval_regressions": regressions})
         self.write_summary()
         code = {"completed": 0, "preempted": 0, "diverged": 1}.get(status, 1)
         self.log.close(code)
+        if self.dist.is_main:
+            runlock.release(self.run_dir)
         if status != "failed":  # a failed rank leaves at once; torchrun tears the others down
             distributed.shutdown(self.dist)
         if not self.dist.is_main:
@@ -148,38 +250,29 @@ class Session:
             if k in metrics:
                 self.summary["final"][k] = metrics[k]
 
-    def log_eval(self, step: int, values: dict):
-        """Log an eval and flag a drop below this run's own best by more than the margin."""
+    def log_eval(self, step: int, values: dict) -> bool:
+        """Log an eval, hand it to the detectors (regression, collapse); True when the policy halts."""
         self.log.log_eval(step, values)
-        margin = float(self.cfg.get("eval_regression_margin", 0.1))
+        halt = self.policy.watch_eval(step, values).halt if self.policy is not None else False
+        best = self.policy.eval_best if self.policy is not None else {}
         for k, v in values.items():
-            higher = k.endswith("accuracy")
-            best = self.eval_best.get(k)
-            # Accuracy only: a relative rise of a near-zero loss is noise, not forgetting
-            # (loss regressions across runs are the gate's job).
-            if best is not None and higher:
-                drop = best - v
-                if drop > margin:
-                    self.eval_regressions.append({"step": step, "metric": k, "value": v, "best": best, "drop": drop})
-                    self.event(step, "eval_regression", k, v, best, "log")
-            if best is None or (v > best if higher else v < best):
-                self.eval_best[k] = v
             self.summary["final"][k] = v
-            self.summary["best"][k] = self.eval_best[k]
+            self.summary["best"][k] = best.get(k, v)
         self.write_summary()
+        return halt
 
     # --- checkpoints ------------------------------------------------------------------------
     def save(self, step: int, state: dict):
+        """Checkpoint `state` plus what every recipe needs to continue as one run: RNG, wall
+        time, and the size of each JSONL file (resume cuts the files back to it)."""
         if not self.dist.is_main:
             return
-        state = {**state, "step": step, "rng": ckpt.rng_state(), "eval_best": self.eval_best,
-                 "eval_regressions": self.eval_regressions, "wall_s": time.time() - self.t0 + self.wall_before}
-        ckpt.save(self.run_dir / "checkpoints", step, state, keep=int(self.cfg.get("keep_checkpoints", 2)))
+        state = {**state, "step": step, "rng": ckpt.rng_state(), "wall_s": time.time() - self.t0 + self.wall_before,
+                 "jsonl_sizes": rundir.jsonl_sizes(self.run_dir)}
+        ckpt.save(self.run_dir / "checkpoints", step, state, keep=int(self.cfg.keep_checkpoints))
 
     def restore_common(self, state: dict) -> int:
         ckpt.set_rng_state(state["rng"])
-        self.eval_best = dict(state.get("eval_best", {}))
-        self.eval_regressions = list(state.get("eval_regressions", []))
         self.wall_before = float(state.get("wall_s", 0.0))
         return int(state["step"])
 

@@ -6,7 +6,8 @@
 Each step: refit the generator from the trainer's weights (its own copy, its own precision and
 KV cache) -> sample G completions per prompt -> exact-match rewards -> group advantages ->
 trainer recomputes the sampled tokens' log-probs (pi_old, trainer precision) -> mismatch metrics
-and IS weights from (generator, trainer) log-probs -> PPO-clipped updates -> log.
+(untruncated distributions) and IS weights (the truncated distribution actually sampled from,
+bench/rl/truncation.py) -> PPO-clipped updates (bench/rl/update.py) -> log.
 
 Scale-out (`torchrun --nproc_per_node=N -m recipes.grpo ...`): rank r samples the r-th contiguous
 slice of the step's prompts (whole groups), all ranks gather the per-row tensors so mismatch, IS
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -26,50 +28,65 @@ import torch
 from bench import distributed
 from bench.errors import BadInput
 from bench.eval import evaluate
+from bench.events import Event
 from bench.generation import Generator
 from bench.model import Transformer, token_logprobs
 from bench.numerics.monitor import NumericsMonitor
-from bench.numerics.policy import InstabilityPolicy
 from bench.precision.engines import apply_precision, plan_precision
 from bench.recipe_utils import check_overrides, print_precision_state
-from bench.rl.grpo import GRPOConfig, group_advantages, masked_mean, policy_loss, token_entropy
+from bench.rl.batch import RolloutBatch, Scored
+from bench.rl.grpo import GRPOConfig, group_advantages, masked_mean, token_entropy
 from bench.rl.importance import check_options, importance_weights
 from bench.rl.mismatch import mismatch_metrics
 from bench.rl.plots import plot_worst_sequence
-from bench.rl.rollout_shards import (gather_rows, local_shards, minibatch_rows, resolve_shards, shard_seed,
-                                     token_norm, token_weighted_mean)
+from bench.rl.rollout_shards import local_shards, resolve_shards, shard_seed
+from bench.rl.truncation import kept_logprobs, kept_mask_from_logits, truncated
+from bench.rl.update import ppo_update
 from bench.rl.warmstart import load_policy_weights, supervised_warmup
 from bench.session import Session, multirun_dir, run_recipe, typed
 from bench.tasks.tokenizer import EOS
 from bench.training import OptimConfig, Trainer
 
 
-def build(s: Session):
-    """Everything validated and constructed before the first rollout."""
+@dataclass
+class Parts:
+    """Everything the loop uses, validated and built before the first rollout."""
+    g: GRPOConfig
+    shards: int
+    model: Transformer
+    forward: torch.nn.Module     # the model, or its DDP wrapper
+    ref: Transformer | None      # frozen reference policy (kl_coef > 0), in the trainer's precision
+    generator: Generator
+    monitor: NumericsMonitor
+    trainer: Trainer
+    plan: object
+
+
+def build(s: Session) -> Parts:
     cfg, device = s.cfg, s.device
     g = typed(GRPOConfig, cfg.grpo, "grpo")
     if (reason := g.validate()) is not None:
         raise BadInput(reason)
     isc = cfg.is_correction
     try:
-        check_options(isc.mode, isc.cap, isc.lo, isc.hi, isc.veto, isc.get("lower_cap"))
+        check_options(isc.mode, isc.cap, isc.lo, isc.hi, isc.veto, isc.lower_cap)
     except ValueError as e:
         raise BadInput(f"is_correction: {e}") from None
-    parallel = str(cfg.get("parallel", "ddp"))
-    if (reason := distributed.check_parallel(parallel, cfg.trainer_precision.name, cfg.policy.get("action", "log"))):
-        raise BadInput(reason)
     try:
         shards = resolve_shards(g.rollout_shards, s.dist.world, g.prompts_per_step, g.group_size, g.minibatches)
     except ValueError as e:
         raise BadInput(str(e)) from None
+    if (reason := distributed.check_parallel(cfg.parallel, cfg.trainer_precision.name, cfg.policy.action)):
+        raise BadInput(reason)
     if s.task.prompt_len == 0:
         raise BadInput(f"task={s.task.name} has no prompts or verifiable reward; valid for grpo: addition, reversal")
     torch.manual_seed(cfg.seed)
     model = Transformer(s.model_cfg).to(device)
     plan, engine = plan_precision(model, cfg.trainer_precision, device)  # validates before compute
-    generator = Generator(s.model_cfg, cfg.generator_precision, device,
-                          kv_cache_dtype=cfg.generator.kv_cache_dtype)
-    policy = InstabilityPolicy(cfg.policy, emit=lambda ev: s.emit(ev))
+    generator = Generator(s.model_cfg, cfg.generator_precision, device, kv_cache_dtype=cfg.generator.kv_cache_dtype)
+    # The policy loss is ~0 by construction and the grad norm heavy-tailed: no one-step spike
+    # detector; watch the trends that mean something in RL (bench/numerics/policy.py).
+    policy = s.instability_policy(signals=("grad_norm", "reward", "entropy"), spikes=())
     if cfg.init_from:
         load_policy_weights(model, cfg.init_from)
         s.warmstart = {"warmstart": str(cfg.init_from)}
@@ -82,174 +99,133 @@ def build(s: Session):
                                         cfg.warmup.seed, device, Path(cfg.warmup.cache_dir))
         if s.dist.is_main:
             distributed.barrier(s.dist)
-    ref = copy.deepcopy(model).eval().requires_grad_(False) if g.kl_coef > 0 else None
     apply_precision(model, plan, engine)
+    # The reference is the starting policy *in the trainer's precision* (a copy of the swapped
+    # model, run under the same autocast): KL to it is 0 before the first update, and kl_coef
+    # pulls towards the start, not towards fp32 numerics. Copied before any hook or sharding.
+    ref = copy.deepcopy(model).eval().requires_grad_(False) if g.kl_coef > 0 else None
     monitor = NumericsMonitor(model, plan, cfg.monitor.interval, cfg.monitor.shadow, cfg.monitor.per_module)
     # DDP wraps the update's forward; FSDP2 shards the model in place, before the optimizer exists.
-    forward = distributed.wrap(model, s.dist, parallel)
+    forward = distributed.wrap(model, s.dist, cfg.parallel)
     total_updates = cfg.steps * g.ppo_epochs * g.minibatches
     trainer = Trainer(model, typed(OptimConfig, cfg.optim, "optim"), total_updates, plan, engine, monitor, policy,
-                      emit=lambda ev: s.emit(ev), device=device, loss_scale_cfg=cfg.trainer_precision.get("loss_scale"),
+                      emit=s.emit, device=device, loss_scale_cfg=cfg.trainer_precision.get("loss_scale"),
                       dist_info=s.dist)
-    return g, shards, model, forward, ref, plan, generator, monitor, trainer
+    return Parts(g, shards, model, forward, ref, generator, monitor, trainer, plan)
 
 
-def rollout_shard(s: Session, g: GRPOConfig, step: int, shard: int, shards: int, model, ref, generator, trainer):
-    """Sample one shard of the step's prompts (whole groups, its own seeded RNG stream) and compute
-    everything the update needs from it, without gradients."""
-    cfg, task, device, T = s.cfg, s.task, s.device, g.temperature
-    per = g.prompts_per_step // shards
+def rollout_shard(s: Session, p: Parts, step: int, shard: int) -> RolloutBatch:
+    """Sample one shard of the step's prompts (whole groups, its own seeded RNG stream) and score
+    it without gradients: rewards, advantages, the trainer's log-probs (untruncated, and over the
+    generator's kept set for IS), the reference's, entropy."""
+    cfg, task, device, g = s.cfg, s.task, s.device, p.g
+    per = g.prompts_per_step // p.shards
     problems = task.problems("train", g.prompts_per_step, cfg.seed * 1_000_003 + step)[shard * per:(shard + 1) * per]
-    problems = [p for p in problems for _ in range(g.group_size)]  # prompt-major groups
+    problems = [q for q in problems for _ in range(g.group_size)]  # prompt-major groups
     prompts = task.encode_prompts(problems).to(device)
     rng = torch.Generator(device=device).manual_seed(shard_seed(cfg.seed, step, shard))
-    ro = generator.generate(prompts, max_new_tokens=g.max_new_tokens or task.seq_len - task.prompt_len,
-                            temperature=T, top_k=g.top_k, top_p=g.top_p, eos_id=EOS, generator=rng,
-                            use_kv_cache=bool(cfg.generator.get("use_kv_cache", True)))
-    P = prompts.shape[1]
-    rewards = torch.tensor([task.reward(p, task.completion_text(r)) for p, r in zip(problems, ro.tokens[:, P:])],
+    ro = p.generator.generate(prompts, max_new_tokens=g.max_new_tokens or task.seq_len - task.prompt_len,
+                              temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, eos_id=EOS, generator=rng,
+                              use_kv_cache=cfg.generator.use_kv_cache)
+    P, T = prompts.shape[1], g.temperature
+    rewards = torch.tensor([task.reward(q, task.completion_text(r)) for q, r in zip(problems, ro.tokens[:, P:])],
                            device=device)
-    inputs, targets = ro.tokens[:, :-1], ro.tokens[:, 1:]
-    with torch.no_grad(), trainer.context():
-        logits = model(inputs)[:, P - 1:]
-    with torch.no_grad():
-        lp_ref = None if ref is None else token_logprobs(ref(inputs)[:, P - 1:], targets[:, P - 1:], T)
-    return {"problems": problems, "tokens": ro.tokens, "inputs": inputs, "targets": targets,
-            "mask": ro.response_mask, "lp_gen": ro.logprobs_untruncated,
-            "lp_old": token_logprobs(logits, targets[:, P - 1:], T), "lp_ref": lp_ref, "rewards": rewards,
-            "adv": group_advantages(rewards, g.group_size, g.std_scaling), "entropy": token_entropy(logits, T),
-            "kv_saturation_frac": ro.kv_saturation_frac}
-
-
-def rollout_step(s: Session, g: GRPOConfig, step: int, shards: int, model, ref, generator, trainer) -> dict:
-    """This process's rollout shards (one per rank; all of them in one process), concatenated."""
-    generator.refit(model)
-    parts = [rollout_shard(s, g, step, j, shards, model, ref, generator, trainer) for j in local_shards(shards, s.dist)]
-    out = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k not in ("problems", "lp_ref", "kv_saturation_frac")}
-    out["kv_saturation_frac"] = sum(p["kv_saturation_frac"] for p in parts) / len(parts)
-    out["problems"] = [q for p in parts for q in p["problems"]]
-    out["lp_ref"] = None if ref is None else torch.cat([p["lp_ref"] for p in parts])
-    return out
+    inputs, targets = ro.tokens[:, :-1], ro.tokens[:, P:]
+    with torch.no_grad(), p.trainer.context():
+        logits = p.model(inputs)[:, P - 1:]
+        ref_logits = None if p.ref is None else p.ref(inputs)[:, P - 1:]
+    lp_old = token_logprobs(logits, targets, T)
+    lp_ref = None if ref_logits is None else token_logprobs(ref_logits, targets, T)
+    lp_old_kept, lp_behav = lp_old, ro.logprobs_untruncated
+    if truncated(g.top_k, g.top_p, logits.shape[-1]):
+        kept = getattr(ro, "kept_mask", None)
+        if kept is None:  # a generator without kept_mask: the trainer's own set (see truncation.py)
+            kept = kept_mask_from_logits(logits, targets, g.top_k, g.top_p, T)
+        lp_old_kept, lp_behav = kept_logprobs(logits, targets, kept, T), ro.logprobs
+    scored = Scored(ro.logprobs_untruncated, lp_behav, lp_old, lp_old_kept, ro.response_mask, rewards,
+                    group_advantages(rewards, g.group_size, g.std_scaling), token_entropy(logits, T))
+    return RolloutBatch(problems, ro.tokens, scored, lp_ref, ro.kv_saturation_frac, P)
 
 
 def train(s: Session) -> int:
     cfg, device = s.cfg, s.device
-    g, shards, model, forward, ref, plan, generator, monitor, trainer = build(s)
-    isc = cfg.is_correction
+    p = build(s)
+    g, isc, model, trainer = p.g, cfg.is_correction, p.model, p.trainer
     start, opt_step = 0, 0
     if s.resume_state is not None:  # sampling needs no RNG state: each shard's seed is (seed, step, shard)
         trainer.load_state_dict(s.resume_state["trainer"])
         opt_step = s.resume_state["opt_step"]
         start = s.restore_common(s.resume_state)
-    s.open(cfg.steps, start)
-    s.summary["engines"] = {"trainer": plan.engine, "generator": generator.engine_name}
+    s.open(cfg.steps, start, model)
+    s.summary["engines"] = {"trainer": p.plan.engine, "generator": p.generator.engine_name}
     s.summary["warmstart"] = s.warmstart
-    s.summary["parallel"] = ("fsdp" if distributed.is_sharded(model) else "ddp") if s.dist.enabled else "none"
     if s.dist.is_main:
-        print_precision_state({"trainer": plan, "generator": generator.plan}, model, device)
-    # Under FSDP every rank runs the eval (its forwards all-gather weights); rank 0 alone logs.
-    evals_here = s.dist.is_main or distributed.is_sharded(model)
-    if start == 0 and evals_here:
-        s.log_eval(0, evaluate(model, s.task, trainer.context, device, cfg.eval_problems))
+        print_precision_state({"trainer": p.plan, "generator": p.generator.plan}, model, device)
+    batch = None
 
-    status, step = "completed", start
-    try:
+    def run_eval(steps_done: int) -> dict:
+        values = evaluate(model, s.task, trainer.context, device, cfg.eval_problems)
+        if s.dist.is_main and batch is not None:  # rank 0's rows lead
+            save_samples(s, steps_done, batch)
+        return values
+
+    def state() -> dict:
+        return {"trainer": trainer.state_dict(), "opt_step": opt_step}
+
+    with s.running(p.monitor.close):
+        if start == 0:  # the warm-started policy: the start every later eval is compared with
+            s.run_eval(0, run_eval)
         for step in range(start, cfg.steps):
             t0 = time.perf_counter()
-            loc = rollout_step(s, g, step, shards, model, ref, generator, trainer)
-            P = loc["tokens"].shape[1] - loc["mask"].shape[1]
+            p.generator.refit(model)
+            batch = RolloutBatch.cat([rollout_shard(s, p, step, j) for j in local_shards(p.shards, s.dist)])
             # The global batch on every rank: mismatch, IS (batch_normalize) and rollout numbers
             # are statistics of the whole batch; then keep this rank's rows of the IS weights.
-            lp_gen, lp_old, mask, rewards, adv, entropy = gather_rows(
-                [loc[k] for k in ("lp_gen", "lp_old", "mask", "rewards", "adv", "entropy")], s.dist)
-            mm = mismatch_metrics(lp_gen, lp_old, mask)
-            w, is_metrics = importance_weights(lp_gen, lp_old, mask, mode=isc.mode, cap=isc.cap, lo=isc.lo,
-                                               hi=isc.hi, veto=isc.veto, batch_normalize=isc.batch_normalize,
-                                               lower_cap=isc.get("lower_cap"))
-            w = distributed.shard(w, s.dist)
+            glob = batch.scored.gathered(s.dist)
+            mm = mismatch_metrics(glob.lp_gen, glob.lp_old, glob.mask)
+            w, is_metrics = importance_weights(glob.lp_behav, glob.lp_old_kept, glob.mask, mode=isc.mode, cap=isc.cap,
+                                               lo=isc.lo, hi=isc.hi, veto=isc.veto,
+                                               batch_normalize=isc.batch_normalize, lower_cap=isc.lower_cap)
             if s.dist.is_main and mm["mismatch/token_mult_prob_error"] > cfg.mismatch_spike_threshold:
-                png = plot_worst_sequence(lp_gen, lp_old, mask, s.run_dir / f"mismatch_step{step:05d}.png", step)
-                s.event(step, "mismatch_spike", png.name, mm["mismatch/token_mult_prob_error"],
-                        cfg.mismatch_spike_threshold, "log")
-            # PPO epochs over minibatches; pi_old stays the pre-update recompute for the batch.
-            # Minibatch i = the i-th slice of every shard: `rows` of this process, `grows` global.
-            n_here = len(local_shards(shards, s.dist))
-            per_shard = loc["mask"].shape[0] // n_here
-            decision = None
-            for epoch in range(g.ppo_epochs):
-                for i in range(g.minibatches):
-                    rows = minibatch_rows(i, g.minibatches, n_here, per_shard, device)
-                    grows = minibatch_rows(i, g.minibatches, shards, per_shard, device)
-                    if not adv[grows].any():  # global tensors: every rank decides alike (DDP needs that)
-                        # Every group tied: no policy-gradient signal. Stepping anyway would
-                        # still move the weights through Adam's momentum, so skip the update.
-                        rl_metrics = {"rl/clip_frac": 0.0, "rl/kl_ref": 0.0}
-                        train_metrics = {"train/loss": 0.0, "train/grad_norm": 0.0, "train/lr": trainer.lr()}
-                        continue
-                    t_up = time.perf_counter()
-                    monitor.begin_step(opt_step)
-                    with trainer.context():
-                        logits = forward(loc["inputs"][rows])
-                    lp_new = token_logprobs(logits[:, P - 1:], loc["targets"][rows, P - 1:], g.temperature)
-                    m = loc["mask"][rows]
-                    loss, rl_metrics = policy_loss(lp_new, loc["lp_old"][rows], loc["adv"][rows], m, w[rows], g,
-                                                   None if loc["lp_ref"] is None else loc["lp_ref"][rows],
-                                                   token_norm=token_norm(mask, grows, s.dist))
-                    rl_metrics = token_weighted_mean(rl_metrics, int(m.sum()), s.dist, device)
-                    trainer.backward(loss)
-                    train_metrics, decision = trainer.step(opt_step, float(loss.detach()), int(m.sum()), t_up)
-                    opt_step += 1
-                    if decision.halt:
-                        break
-                if decision is not None and decision.halt:
-                    break
-            dt = train_metrics["train/step_time_s"] = time.perf_counter() - t0
-            train_metrics["train/tokens_per_s"] = mask.shape[0] * loc["tokens"].shape[1] / dt  # all ranks' rows
-            s.log_metrics(step, {**train_metrics, **rl_metrics, **mm, **is_metrics,
-                                 "rl/entropy": float(masked_mean(entropy, mask.float())),
-                                 "rollout/reward_mean": float(rewards.mean()),
-                                 "rollout/reward_std": float(rewards.std()),
-                                 "rollout/response_len_mean": float(mask.sum(1).float().mean()),
-                                 **kv_metrics(generator, loc, s)})
-            if decision is not None and decision.halt:
-                status = "diverged"
+                png = plot_worst_sequence(glob.lp_gen, glob.lp_old, glob.mask,
+                                          s.run_dir / f"mismatch_step{step:05d}.png", step)
+                s.emit(Event(step, "mismatch_spike", png.name, mm["mismatch/token_mult_prob_error"],
+                             cfg.mismatch_spike_threshold, stat="token_mult_prob_error"))
+            up = ppo_update(batch, glob, distributed.shard(w, s.dist), g, p.forward, trainer, p.monitor, step,
+                            opt_step, p.shards, s.dist, tag_opt_step=lambda n: setattr(s, "opt_step", n))
+            opt_step = up.opt_step
+            dt = time.perf_counter() - t0
+            metrics = {**up.metrics, "train/step_time_s": dt,
+                       "train/tokens_per_s": glob.mask.shape[0] * batch.tokens.shape[1] / dt,  # all ranks' rows
+                       **mm, **is_metrics, **rollout_metrics(glob), **kv_metrics(p.generator, batch, s)}
+            if not s.end_step(step, metrics, up.halt, run_eval, state):
                 break
-            if ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps) and evals_here:
-                s.log_eval(step + 1, evaluate(model, s.task, trainer.context, device, cfg.eval_problems))
-                if s.dist.is_main:
-                    save_samples(s, step + 1, loc["problems"], loc["tokens"], rewards, P)  # rank 0's rows lead
-            stop = s.should_stop(step + 1)
-            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or stop:
-                s.save(step + 1, {"trainer": trainer.state_dict(), "opt_step": opt_step})
-            if stop:
-                s.event(step + 1, "preempt", s.stop_requested, step + 1, 0, "checkpoint_and_exit")
-                status = "preempted"
-                break
-        else:
-            step = cfg.steps - 1
-    except Exception:
-        s.finish("failed", step)
-        raise
-    finally:
-        monitor.close()
-    return s.finish(status, step + 1 if status != "diverged" else step)
+    return s.finish()
 
 
-def kv_metrics(generator, loc: dict, s: Session) -> dict:
+def rollout_metrics(glob: Scored) -> dict:
+    return {"rl/entropy": float(masked_mean(glob.entropy, glob.mask.float())),
+            "rollout/reward_mean": float(glob.rewards.mean()), "rollout/reward_std": float(glob.rewards.std()),
+            "rollout/response_len_mean": float(glob.mask.sum(1).float().mean())}
+
+
+def kv_metrics(generator, batch: RolloutBatch, s: Session) -> dict:
     """FP8 KV cache only: the fraction of K/V elements clipped on write (scales fixed at prefill)."""
     if not generator.kv_fp8:
         return {}
-    return {"rollout/kv_saturation_frac": distributed.mean(loc["kv_saturation_frac"], s.dist)}
+    return {"rollout/kv_saturation_frac": distributed.mean(batch.kv_saturation_frac, s.dist)}
 
 
-def save_samples(s: Session, step: int, problems, tokens, rewards, P: int, n: int = 4) -> None:
+def save_samples(s: Session, step: int, batch: RolloutBatch, n: int = 4) -> None:
     """A few completions per eval step, for reading what the policy actually does."""
     from bench.rundir import JsonlWriter
 
     w = JsonlWriter(s.run_dir / "samples.jsonl")
-    for i in range(min(n, len(problems))):
-        w.write({"step": step, "prompt": problems[i].prompt, "answer": problems[i].answer,
-                 "completion": s.task.completion_text(tokens[i, P:]), "reward": float(rewards[i])})
+    P = batch.prompt_len
+    for i in range(min(n, len(batch.problems))):
+        q = batch.problems[i]
+        w.write({"step": step, "prompt": q.prompt, "answer": q.answer,
+                 "completion": s.task.completion_text(batch.tokens[i, P:]), "reward": float(batch.scored.rewards[i])})
     w.close()
 
 

@@ -1,7 +1,11 @@
 """torchrun with gloo: 2-process DDP matches the 1-process run with the same global batch."""
 import json
 
+import pytest
+
 from helpers import read_jsonl, run_cli, run_torchrun
+
+pytestmark = pytest.mark.slow  # end-to-end runs: the fast loop is -m "not slow"
 
 ARGS = ["recipes.pretrain", "precision=fp32", "model.n_layers=2", "batch_size=16", "steps=8", "eval_every=8",
         "eval_problems=16", "monitor.interval=4", "logger=disabled", "threads=1"]

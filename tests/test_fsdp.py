@@ -5,6 +5,8 @@ import pytest
 
 from helpers import read_jsonl, run_cli, run_torchrun
 
+pytestmark = pytest.mark.slow  # end-to-end runs: the fast loop is -m "not slow"
+
 ARGS = ["recipes.pretrain", "model.n_layers=2", "batch_size=16", "steps=8", "eval_every=4", "checkpoint_every=4",
         "eval_problems=16", "monitor.interval=4", "logger=disabled", "threads=1"]
 

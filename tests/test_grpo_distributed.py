@@ -85,6 +85,7 @@ def test_bad_rollout_shards_is_bad_input_before_compute(tmp_path, args, needle):
     assert not (tmp_path / "cache").exists() and not (tmp_path / "r" / "metrics.jsonl").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_process_grpo_matches_one_process_with_two_rollout_shards(tmp_path, parallel):
     """Same shards, same seeded streams, same batch per generate call: the sampled tokens (so the
@@ -118,6 +119,7 @@ def test_two_process_grpo_matches_one_process_with_two_rollout_shards(tmp_path, 
     assert summary["warmstart"]["cached"] is True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_process_grpo_resume_is_bitwise(tmp_path, parallel):
     """No sampler state in the checkpoint: each shard's stream is recomputed from (seed, step, rank)."""

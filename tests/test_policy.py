@@ -4,13 +4,14 @@ import math
 import pytest
 
 from bench.errors import BadInput
-from bench.numerics.policy import InstabilityPolicy, SpikeDetector
+from bench.numerics.policy import InstabilityPolicy, PolicyConfig, SpikeDetector
 
 
-def policy(action, **kw):
+def policy(action, signals=("loss", "grad_norm"), **kw):
+    """A policy whose events land in a list, as dicts (the events.jsonl lines)."""
     events = []
-    return InstabilityPolicy({"action": action, "spike_window": 20, "spike_z": 6.0, "spike_min_history": 10, **kw},
-                             events.append), events
+    cfg = PolicyConfig(action=action, **{"spike_window": 20, "spike_z": 6.0, "spike_min_history": 10, **kw})
+    return InstabilityPolicy(cfg, lambda ev: events.append(ev.to_dict()), signals), events
 
 
 def test_robust_z_score_matches_median_and_mad():
@@ -37,6 +38,7 @@ def test_loss_spike_becomes_event_with_the_policy_action(action, skip, halt):
     d = p.check(15, 50.0, 1.0, 0)
     assert (d.skip, d.halt) == (skip, halt)
     kinds = [e["kind"] for e in events]
+    assert events[0]["stat"] == "z"  # a z-score, never to be read as a loss
     assert kinds[0] == "loss_spike" and events[0]["action"] == ("skip_step" if action == "fallback" else action)
     if halt:
         assert kinds[-1] == "halt"
@@ -70,7 +72,7 @@ def test_overflow_detection_under_fallback_names_the_module():
     d = p.check(3, 1.0, 1.0, 0, det)
     assert d.fallback == ["layers.1.mlp.down"] and not d.skip
     assert events[0] == {"step": 3, "kind": "overflow", "where": "layers.1.mlp.down/input", "value": 0.01,
-                         "threshold": 1e-3, "action": "fallback"}
+                         "threshold": 1e-3, "action": "fallback", "stat": "frac"}
 
 
 def test_unknown_action_is_bad_input():
@@ -85,3 +87,30 @@ def test_detector_state_round_trips():
     q, _ = policy("log")
     q.load_state_dict(p.state_dict())
     assert list(q.loss.values) == list(p.loss.values)
+
+
+@pytest.mark.parametrize("spikes", [(), ("grad_norm",)])
+def test_spike_detectors_run_only_for_the_recipes_spike_signals(spikes):
+    events = []
+    p = InstabilityPolicy(PolicyConfig(action="halt", spike_window=20, spike_z=6.0, spike_min_history=10),
+                          lambda ev: events.append(ev.to_dict()), ("grad_norm", "reward", "entropy"), spikes=spikes)
+    for i in range(15):
+        p.check(i, 1e-3 * (i % 3), 1.0 + 0.01 * (i % 3), 0)
+    assert not p.check(15, 50.0, 1.0, 0).halt and events == []  # never a loss spike here
+    assert p.check(16, 0.0, 80.0, 0).halt == bool(spikes)
+    assert [e["kind"] for e in events] == (["grad_spike", "halt"] if spikes else [])
+    assert p.check(17, math.nan, 1.0, 0).halt  # nonfinite is always checked
+
+
+@pytest.mark.parametrize("knob,value,needle", [
+    ("diverge_window", 0, "policy.diverge_window=0 must be a positive integer"),
+    ("spike_min_history", 80, "policy.spike_min_history=80 must be <= policy.spike_window=50"),
+    ("overflow_frac", 1.5, "policy.overflow_frac=1.5 must be in [0, 1]"),
+    ("loss_rise", 0.0, "policy.loss_rise=0.0 must be > 0"),
+    ("grad_growth", 0.5, "policy.grad_growth=0.5 must be > 1"),
+])
+def test_bad_policy_knobs_are_one_line_of_bad_input(knob, value, needle):
+    with pytest.raises(BadInput) as e:
+        InstabilityPolicy(PolicyConfig(**{knob: value}), lambda ev: None)
+    assert str(e.value) == needle or needle in str(e.value)
+    assert "\n" not in str(e.value)

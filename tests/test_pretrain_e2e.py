@@ -6,6 +6,8 @@ import torch
 
 from helpers import read_jsonl, run_in_process
 
+pytestmark = pytest.mark.slow  # end-to-end runs: the fast loop is -m "not slow"
+
 SHORT = ["model.n_layers=2", "steps=24", "eval_every=12", "checkpoint_every=12", "eval_problems=32", "batch_size=16",
          "monitor.interval=4"]
 

@@ -6,7 +6,11 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from helpers import ROOT, read_jsonl, run_cli
+
+pytestmark = pytest.mark.slow  # end-to-end runs: the fast loop is -m "not slow"
 
 TINY = ["model.n_layers=2", "batch_size=16", "eval_problems=16", "logger=disabled", "threads=1", "monitor.interval=0"]
 

@@ -5,6 +5,8 @@ import pytest
 
 from helpers import read_jsonl, run_in_process
 
+pytestmark = pytest.mark.slow  # end-to-end runs: the fast loop is -m "not slow"
+
 SHORT = ["model.n_layers=2", "steps=6", "eval_every=3", "checkpoint_every=3", "eval_problems=16", "batch_size=16",
          "monitor.interval=3"]
 

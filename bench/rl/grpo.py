@@ -78,6 +78,8 @@ def policy_loss(lp_new: torch.Tensor, lp_old: torch.Tensor, adv: torch.Tensor, m
                 token_norm: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped surrogate: −min(ρ·A, clip(ρ, 1−eps_low, 1+eps_high)·A) · w, ρ = pi_new/pi_old,
     w the detached IS weight; plus kl_coef · k3(pi_ref ‖ pi_new) per token when enabled.
+    rl/kl_ref is reported only when lp_ref is given (the recipe builds a reference only for
+    kl_coef > 0): a logged 0 would read as "the policy has not moved", not "not measured".
 
     token_norm: for loss_agg=token_mean, the denominator replacing this batch's valid-token count.
     Under DDP each rank holds a shard of the minibatch and DDP averages the ranks' gradients;
@@ -97,8 +99,6 @@ def policy_loss(lp_new: torch.Tensor, lp_old: torch.Tensor, adv: torch.Tensor, m
         metrics["rl/kl_ref"] = float(masked_mean(k3.detach(), m))
         if cfg.kl_coef:
             per_token = per_token + cfg.kl_coef * k3
-    else:
-        metrics["rl/kl_ref"] = 0.0
     return aggregate(per_token, mask, cfg.loss_agg, token_norm), metrics
 
 

@@ -14,10 +14,10 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from bench import checkpoint as ckpt
 from bench.errors import BadInput
+from bench.lm_loss import masked_cross_entropy
 from bench.model import Transformer
 from bench.training import OptimConfig, lr_lambda
 
@@ -64,8 +64,7 @@ def supervised_warmup(model: Transformer, task, steps: int, batch_size: int, lr:
     model.train()
     for step in range(steps):
         inputs, targets, mask = (t.to(device) for t in task.lm_batch("train", batch_size, 7_000_000 + seed * 10_007 + step))
-        ce = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten(), reduction="none")
-        loss = (ce * mask.flatten()).sum() / mask.sum()
+        loss = masked_cross_entropy(model(inputs), targets, mask)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
