@@ -112,7 +112,7 @@ def check_key(cfg, key: str) -> None:
     for part in key.split("."):
         if isinstance(node, ListConfig):
             return  # list indices: the value check reports a bad one
-        if not isinstance(node, DictConfig) or part not in node:
+        if not isinstance(node, DictConfig) or part not in node.keys():  # `in node` is False for ??? values
             keys = list(node.keys()) if isinstance(node, DictConfig) else []
             where = ".".join(path)
             near = difflib.get_close_matches(part, keys, n=1, cutoff=0.5)

@@ -10,7 +10,8 @@ no schema declares is an error at composition, not a silently ignored value.
 
 What a schema cannot say (ranges, choices, cross-field and device checks) is the validation pass
 in bench/config/validate.py. Existing dataclasses are reused, not copied: ModelConfig
-(bench/model.py), OptimConfig (bench/training.py), GRPOConfig (bench/rl/grpo.py).
+(bench/model.py), OptimConfig (bench/training.py), GRPOConfig (bench/rl/grpo.py), and each task's
+`Config` (bench/tasks/).
 
 Importing this module registers the schemas; bench.config imports it, and so does everything
 that composes a config (the recipes through bench.session, check_overrides, the tests).
@@ -25,33 +26,12 @@ from omegaconf import MISSING
 
 from bench.model import ModelConfig
 from bench.rl.grpo import GRPOConfig
+from bench.tasks import TASKS
 from bench.training import OptimConfig
 
 
-# --- task: one schema per kind --------------------------------------------------------------
-@dataclass
-class AdditionTask:
-    name: str = "addition"
-    digits: int = 2
-    reverse_answer: bool = True   # least-significant digit first: learnable carry by carry
-    loss_on: str = "answer"       # answer | all (prompt digits are random: all adds an irreducible floor)
-
-
-@dataclass
-class ReversalTask:
-    name: str = "reversal"
-    length: int = 5
-    loss_on: str = "answer"
-
-
-@dataclass
-class TextFileTask:
-    name: str = "textfile"
-    path: str = MISSING           # required: a plain-text file
-    window: int = 64              # tokens per training window
-
-
-TASK_SCHEMAS = {"addition": AdditionTask, "reversal": ReversalTask, "textfile": TextFileTask}
+# --- task: one schema per kind, each defined next to its task ----------------------------------
+TASK_SCHEMAS = {name: cls.Config for name, cls in TASKS.items()}
 
 
 # --- precision: high-precision kinds and FP8 recipes -----------------------------------------
