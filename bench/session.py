@@ -7,6 +7,7 @@ summary.json (status running -> completed | diverged | failed | preempted).
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import time
@@ -165,6 +166,9 @@ def run_recipe(cfg, recipe: str, body) -> None:
         code = body(session)
     except BadInput as e:
         print(f"fp8bench: error: {e}", file=sys.stderr)
+        if _in_multirun():  # Hydra made this job's dir before the job ran: leave no empty husk
+            with contextlib.suppress(OSError):
+                Path(cfg.run_dir).rmdir()  # only if empty
         sys.exit(2)
     distributed.leave(session.dist, code)  # torchrun workers only; returns in a single process
     if code and not _in_multirun():

@@ -16,6 +16,9 @@ from bench.errors import BadInput
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 KV_CACHE_DTYPES = ("auto", "fp8")
+GRPO_RULES = ("grpo.loss_agg token_mean | seq_mean_token_mean, positive counts, grpo.minibatches dividing "
+              "group_size*prompts_per_step, grpo.temperature > 0")
+IS_RULES = "is_correction.cap > 0, 0 <= lo <= hi, veto >= 0 or null, lower_cap (tis only) in 0..cap or null"
 
 
 def linear_names(model: nn.Module) -> list[str]:
@@ -105,7 +108,8 @@ def check_grpo(cfg, task, model_cfg, world: int) -> None:
     from bench.rl.rollout_shards import resolve_shards
 
     g = OmegaConf.to_object(cfg.grpo) if OmegaConf.is_config(cfg.grpo) else cfg.grpo
-    need((reason := g.validate()) is None, str(reason))
+    if (reason := g.validate()) is not None:
+        raise BadInput(reason if "valid:" in reason else f"{reason}; valid: {GRPO_RULES}")
     # One sample per prompt: its group mean is itself, so every advantage is 0 and no step learns.
     need(g.group_size >= 2, f"grpo.group_size={g.group_size} gives zero advantage (and gradient) every step; "
                             f"valid: >= 2")
@@ -120,10 +124,14 @@ def check_grpo(cfg, task, model_cfg, world: int) -> None:
                                    f"{model_cfg.max_seq_len} after a {task.prompt_len}-token prompt; valid: 0..{room}")
     try:
         resolve_shards(g.rollout_shards, world, g.prompts_per_step, g.group_size, g.minibatches)
-        isc = cfg.is_correction
-        check_options(isc.mode, isc.cap, isc.lo, isc.hi, isc.veto, isc.lower_cap)
     except ValueError as e:
         raise BadInput(str(e)) from None
+    isc = cfg.is_correction
+    try:
+        check_options(isc.mode, isc.cap, isc.lo, isc.hi, isc.veto, isc.lower_cap)
+    except ValueError as e:
+        msg = str(e) if "valid:" in str(e) else f"{e}; valid: {IS_RULES}"
+        raise BadInput(msg) from None
     check_warmup(cfg)
 
 

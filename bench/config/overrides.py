@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from typing import get_args
+from typing import get_args, get_origin
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -63,8 +63,8 @@ def compose(recipe: str, overrides: list[str]):
 
 
 def as_arg(ov, value) -> str:
-    prefix = {"ADD": "+", "FORCE_ADD": "++", "DEL": "~"}.get(ov.type.name, "")
-    return f"{prefix}{ov.get_key_element()}={ov.get_value_element_as_str() if value is None else value}"
+    """The override as text again (its key element keeps any +, ++ or ~), a sweep at one value."""
+    return f"{ov.get_key_element()}={ov.get_value_element_as_str() if value is None else value}"
 
 
 def fmt(v) -> str:
@@ -133,13 +133,15 @@ def check_value(cfg, key: str, value) -> None:
 
 
 def type_hint(cfg, key: str) -> str:
+    """What the schema accepts at `key`, in words ("an integer, or null")."""
     parent, _, leaf = key.rpartition(".")
     node = OmegaConf.select(cfg, parent) if parent else cfg
     try:
-        ref = node._get_node(leaf)._metadata.ref_type
+        meta = node._get_node(leaf)._metadata
     except Exception:
         return "a value of the key's type"
-    types = [t for t in (get_args(ref) or (ref,)) if t is not type(None)]
-    optional = len(types) < len(get_args(ref) or (ref,))
+    if get_origin(meta.ref_type) in (list, tuple) or meta.ref_type in (list, tuple):
+        return "a list, e.g. [a, b]" + (", or null" if meta.optional else "")
+    types = [t for t in (get_args(meta.ref_type) or (meta.ref_type,)) if t is not type(None)]
     hint = " or ".join(TYPE_HINTS.get(t, getattr(t, "__name__", str(t))) for t in types)
-    return hint + (", or null" if optional else "")
+    return hint + (", or null" if meta.optional else "")

@@ -103,7 +103,7 @@ PRECISION_SCHEMAS = {"high": HighPrecision, "fp16": FP16Precision, "fp8": FP8Pre
 @dataclass
 class ISCorrection:
     """DESIGN.md §6 IS correction; the bounds apply to the modes that read them."""
-    mode: str = "none"                  # none | tis | icepop | seq_tis | seq_mask | geo_mask
+    mode: str = MISSING                 # none | tis | icepop | seq_tis | seq_mask | geo_mask (the file's name)
     cap: float = 2.0                    # C: upper truncation for tis / seq_tis / geo_mask
     lo: float = 0.5                     # band for icepop / seq_mask / geo_mask
     hi: float = 2.0
@@ -136,7 +136,7 @@ class MonitorConfig:
 
 @dataclass
 class PolicyConfig:
-    action: str = "log"           # what a detection does: log | skip_step | fallback | halt
+    action: str = MISSING          # what a detection does: log | skip_step | fallback | halt (the file's name)
     overflow_frac: float = 1.0e-3  # an FP8 cast saturating more than this fraction -> overflow event
     underflow_frac: float = 0.5    # more than this fraction of non-zeros flushed to 0 -> underflow event
     spike_window: int = 50         # robust z-score window for loss/grad-norm spikes

@@ -102,7 +102,8 @@ def check_run(cfg, recipe: str) -> None:
     if recipe == "grpo":
         # token_mult_prob_error = mean exp(|r|) >= 1 always: a threshold below 1 fires every step.
         need(cfg.mismatch_spike_threshold >= 1,
-             f"mismatch_spike_threshold={cfg.mismatch_spike_threshold} must be >= 1 (token_mult_prob_error >= 1)")
+             f"mismatch_spike_threshold={cfg.mismatch_spike_threshold} can never be crossed from below "
+             f"(token_mult_prob_error >= 1); valid: >= 1, e.g. 1.5")
 
 
 def check_task(cfg, recipe: str, model_cfg: ModelConfig) -> Task:
