@@ -23,6 +23,8 @@ BAD_PRETRAIN = [
     Case("unknown_task", "pretrain", ["task=sudoku"], ("task='sudoku'", "valid: addition")),
     Case("unknown_precision", "pretrain", ["precision=fp9"], ("precision='fp9'", "valid: bf16")),
     Case("unknown_precision_in_sweep", "pretrain", ["-m", "precision=bf16,fp9"], ("precision='fp9'", "valid:")),
+    Case("sweep_cell_with_impossible_shape", "pretrain", ["-m", "precision=bf16,mxfp8", "model.d_ff=400"],
+         ("cannot run mxfp8", "mx_block=32")),
     Case("unknown_optim", "pretrain", ["optim=sgd"], ("optim='sgd'", "valid: adamw")),
     Case("unknown_logger", "pretrain", ["logger=tensorboard"], ("logger='tensorboard'", "valid: default, disabled")),
     Case("unknown_monitor", "pretrain", ["monitor=full"], ("monitor='full'", "valid: default, off")),

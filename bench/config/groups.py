@@ -57,8 +57,8 @@ def check_keep(keep, prefix: str, meta: nn.Module) -> None:
 def check_optim(o) -> None:
     need(finite(o.lr) and o.lr > 0, f"optim.lr={o.lr} must be a positive finite number; valid: > 0, e.g. 3e-4")
     need(0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio={o.min_lr_ratio}; valid: 0..1")
-    need(o.warmup_steps >= 0, f"optim.warmup_steps={o.warmup_steps} must be >= 0")
-    need(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must be >= 0")
+    need(o.warmup_steps >= 0, f"optim.warmup_steps={o.warmup_steps} must be >= 0; valid: >= 0")
+    need(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must be >= 0; valid: >= 0")
     for k in ("beta1", "beta2"):
         need(0 <= o[k] < 1, f"optim.{k}={o[k]}; valid: 0 <= {k} < 1")
     positive(o, "optim.", "eps", "grad_clip")
@@ -97,9 +97,9 @@ def check_stress(s, meta: nn.Module) -> None:
     need(s.module in names, f"stress.module={s.module!r} is not a Linear of this model; valid: {', '.join(names)}")
     width = meta.get_submodule(s.module).in_features
     need(0 <= s.channel < width, f"stress.channel={s.channel}; valid: 0..{width - 1} ({s.module} input features)")
-    need(s.from_step >= 0, f"stress.from_step={s.from_step} must be >= 0")
-    need(finite(s.magnitude) and s.magnitude > 0, f"stress.magnitude={s.magnitude} must be a positive finite factor")
-    need(finite(s.growth) and s.growth > 0, f"stress.growth={s.growth} must be a positive finite factor")
+    need(s.from_step >= 0, f"stress.from_step={s.from_step} must be >= 0; valid: >= 0")
+    need(finite(s.magnitude) and s.magnitude > 0, f"stress.magnitude={s.magnitude} must be a positive finite factor; valid: > 0")
+    need(finite(s.growth) and s.growth > 0, f"stress.growth={s.growth} must be a positive finite factor; valid: > 0 (1 = constant)")
 
 
 def check_grpo(cfg, task, model_cfg, world: int) -> None:
@@ -117,7 +117,7 @@ def check_grpo(cfg, task, model_cfg, world: int) -> None:
     need(g.top_k >= 0, f"grpo.top_k={g.top_k}; valid: 0 (off) or a token count")
     need(0 <= g.eps_low < 1 and g.eps_high >= 0, f"grpo.eps_low={g.eps_low}, eps_high={g.eps_high}; "
                                                  f"valid: 0 <= eps_low < 1, eps_high >= 0")
-    need(g.kl_coef >= 0, f"grpo.kl_coef={g.kl_coef} must be >= 0")
+    need(g.kl_coef >= 0, f"grpo.kl_coef={g.kl_coef} must be >= 0; valid: >= 0")
     need(g.max_new_tokens >= 0, f"grpo.max_new_tokens={g.max_new_tokens}; valid: 0 (the task's answer) or >= 1")
     room = model_cfg.max_seq_len - task.prompt_len + 1
     need(g.max_new_tokens <= room, f"grpo.max_new_tokens={g.max_new_tokens} overflows model.max_seq_len="

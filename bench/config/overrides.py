@@ -93,6 +93,24 @@ def check(recipe: str, argv: list[str]) -> None:
         for v in values(ov):
             check_value(base, ov.key_or_group, v)
     try_compose(recipe, first)
+    if any(a in ("-m", "--multirun") for a in argv):
+        validate_sweep(recipe, ovs)
+
+
+def validate_sweep(recipe: str, ovs, limit: int = 256) -> None:
+    """Under -m, run the validation pass on every job's config before Hydra launches any: a value
+    bad for one cell (say model.d_ff=400 with mxfp8 in a precision sweep) must not surface after
+    the cells before it have trained. Run-dir checks are left to each job (its dir is Hydra's)."""
+    import itertools
+
+    from bench.config.validate import validate
+
+    choices = [[as_arg(ov, fmt(v)) for v in values(ov)] if ov.is_sweep_override() else [as_arg(ov, None)]
+               for ov in ovs]
+    for n, job in enumerate(itertools.product(*[c for c in choices if c])):
+        if n == limit:
+            return
+        validate(try_compose(recipe, list(job)), recipe, dirs=False)
 
 
 def try_compose(recipe: str, overrides: list[str]):

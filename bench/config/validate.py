@@ -61,8 +61,9 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def validate(cfg, recipe: str) -> Checked:
-    """Check the whole config; return what the session needs. Raises BadInput on the first problem."""
+def validate(cfg, recipe: str, dirs: bool = True) -> Checked:
+    """Check the whole config; return what the session needs. Raises BadInput on the first problem.
+    dirs=False skips the run-dir and resume checks (a sweep checks its jobs before their dirs exist)."""
     check_run(cfg, recipe)
     device = pick_device(cfg.device)
     model_cfg: ModelConfig = OmegaConf.to_object(cfg.model) if OmegaConf.is_config(cfg.model) else cfg.model
@@ -84,6 +85,8 @@ def validate(cfg, recipe: str) -> Checked:
     else:
         check_grpo(cfg, task, model_cfg, world_size())
         check_generator(cfg)
+    if not dirs:
+        return Checked(model_cfg, task, device, None)
     check_run_dir(Path(cfg.run_dir), cfg.resume)
     state = check_resume(cfg, Path(cfg.run_dir)) if cfg.resume else None
     return Checked(model_cfg, task, device, state)
@@ -95,15 +98,15 @@ def check_run(cfg, recipe: str) -> None:
     if recipe == "pretrain":
         positive(cfg, "", "batch_size")
     need(cfg.threads >= 0, f"threads={cfg.threads} must be >= 0; valid: 0 (torch's default) or a thread count")
-    need(cfg.seed >= 0, f"seed={cfg.seed} must be >= 0")
+    need(cfg.seed >= 0, f"seed={cfg.seed} must be >= 0; valid: >= 0")
     need(cfg.stop_after is None or cfg.stop_after >= 1,
          f"stop_after={cfg.stop_after} must be a step >= 1; valid: null (run to the end) or 1..{cfg.steps}")
-    need(cfg.eval_regression_margin >= 0, f"eval_regression_margin={cfg.eval_regression_margin} must be >= 0")
+    need(cfg.eval_regression_margin >= 0, f"eval_regression_margin={cfg.eval_regression_margin} must be >= 0; valid: >= 0")
     if recipe == "grpo":
         # token_mult_prob_error = mean exp(|r|) >= 1 always: a threshold below 1 fires every step.
         need(cfg.mismatch_spike_threshold >= 1,
-             f"mismatch_spike_threshold={cfg.mismatch_spike_threshold} can never be crossed from below "
-             f"(token_mult_prob_error >= 1); valid: >= 1, e.g. 1.5")
+             f"mismatch_spike_threshold={cfg.mismatch_spike_threshold} is below 1, the least token_mult_prob_error "
+             f"can be, so every step would be a mismatch_spike; valid: >= 1, e.g. 1.5")
 
 
 def check_task(cfg, recipe: str, model_cfg: ModelConfig) -> Task:
