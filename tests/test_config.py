@@ -111,7 +111,10 @@ def test_composed_config_has_every_schema_key_typed():
     (["optim.lr=fast"], ["optim.lr='fast'", "valid: a number"]),
     (["-m", "seed=0,1,x"], ["seed='x'", "valid: an integer"]),
     (["-m", "precision=bf16,fp9"], ["unknown precision='fp9'", "valid: bf16"]),
-], ids=["top_typo", "nested_typo", "other_scaling_knob", "optional_int", "float", "sweep_value", "sweep_choice"])
+    (["-m", "seed=range(-1,2)"], ["seed=-1", "valid: >= 0"]),
+    (["-m", "model=glob(*)", "precision=fp8_tensorwise", "model.d_ff=200"], ["cannot run fp8_tensorwise"]),
+], ids=["top_typo", "nested_typo", "other_scaling_knob", "optional_int", "float", "sweep_value", "sweep_choice",
+        "range_sweep_cell", "glob_sweep_cell"])
 def test_bad_overrides_are_one_line_before_hydra(args, needles):
     with pytest.raises(BadInput) as e:
         check_overrides("pretrain", args)
@@ -126,7 +129,9 @@ def test_bad_overrides_are_one_line_before_hydra(args, needles):
     ["task=textfile", "task.path=/tmp/x.txt"],
     ["precision=fp8_delayed", "precision.margin=1", "precision.keep_high_precision.patterns=[lm_head,*.attn.*]"],
     ["+matrix=bf16-fp8-tis"],
+    ["-m", "+matrix=glob(*)", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "threads=1", "logger.progress=false"],
+    ["-m", "seed=range(0,3)", "optim.lr=interval(1e-4,1e-3)"],
 ])
 def test_good_overrides_pass(args):
-    recipe = "grpo" if args[0].startswith("+matrix") else "pretrain"
+    recipe = "grpo" if any(a.startswith("+matrix") for a in args) else "pretrain"
     check_overrides(recipe, args)

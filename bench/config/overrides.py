@@ -43,13 +43,20 @@ def parse(argv: list[str]):
 
 
 def values(ov) -> list:
-    """The element(s) an override sets: one, or each of a choice sweep's; [] for range/glob sweeps."""
-    from hydra.core.override_parser.types import ChoiceSweep
+    """The element(s) an override sets: one, or each of a sweep's (choice, range, and a glob over a
+    group's files); [] for an interval sweep (a continuum: left to the sweeper)."""
+    from hydra.core.override_parser.types import ChoiceSweep, Glob, RangeSweep
 
     if not ov.is_sweep_override():
         return [ov.value()]
     v = ov.value()
-    return list(v.list) if isinstance(v, ChoiceSweep) else []
+    if isinstance(v, ChoiceSweep):
+        return list(v.list)
+    if isinstance(v, RangeSweep):
+        return list(range(int(v.start), int(v.stop), int(v.step))) if float(v.start).is_integer() else []
+    if isinstance(v, Glob) and is_group(ov.key_or_group):
+        return v.filter(group_choices(ov.key_or_group))
+    return []
 
 
 def compose(recipe: str, overrides: list[str]):
@@ -83,8 +90,10 @@ def check(recipe: str, argv: list[str]) -> None:
             for v in vals:
                 if v not in valid:
                     raise BadInput(f"unknown {ov.key_or_group}={v!r}; valid: {', '.join(valid)}")
-        first.append(as_arg(ov, fmt(vals[0]) if vals and ov.is_sweep_override() else None))
-    groups = [a for a, ov in zip(first, ovs) if is_group(ov.key_or_group) or ov.type.name != "CHANGE"]
+        if ov.is_sweep_override() and not vals:
+            continue  # an interval sweep: composed at its default
+        first.append(as_arg(ov, fmt(vals[0]) if ov.is_sweep_override() else None))
+    groups = [a for a in first if is_group(a.lstrip("+~").split("=", 1)[0]) or a.startswith(("+", "~"))]
     base = try_compose(recipe, groups)
     for ov in ovs:
         if ov.type.name != "CHANGE" or is_group(ov.key_or_group):
