@@ -135,3 +135,13 @@ def test_bad_overrides_are_one_line_before_hydra(args, needles):
 def test_good_overrides_pass(args):
     recipe = "grpo" if any(a.startswith("+matrix") for a in args) else "pretrain"
     check_overrides(recipe, args)
+
+
+@pytest.mark.parametrize("group,choice", [("precision", "fp8_blockwise"), ("model", "125m"), ("precision", "bf16")])
+def test_load_choice_gives_the_option_as_a_recipe_composes_it(group, choice):
+    from bench.config import load_choice
+
+    got = load_choice(group, choice)
+    assert got == compose_cfg("pretrain", [f"{group}={choice}"])[group] and "defaults" not in got
+    if choice == "fp8_blockwise":
+        assert got.keep_high_precision.patterns == ["lm_head"]  # a schema default the YAML no longer repeats

@@ -69,6 +69,13 @@ def compose(recipe: str, overrides: list[str]):
         return hydra_compose(config_name=recipe, overrides=overrides)
 
 
+def load_choice(group: str, choice: str, recipe: str = "pretrain"):
+    """One group option composed with its schema (every key, typed, defaults filled), as the
+    recipes see it: for tools that build a piece without a recipe (bench/perf.py). Reading the
+    YAML file alone misses the schema's defaults (and holds Hydra's `defaults` list)."""
+    return compose(recipe, [f"{group}={choice}"])[group]
+
+
 def as_arg(ov, value) -> str:
     """The override as text again (its key element keeps any +, ++ or ~), a sweep at one value."""
     return f"{ov.get_key_element()}={ov.get_value_element_as_str() if value is None else value}"
