@@ -171,3 +171,12 @@ def test_real_run_then_resume_extends_and_refuses_relabelling(tmp_path):
     r = run_cli([*base, "resume=true", "steps=3", "eval_every=3"])
     assert r.returncode == 0, r.stderr[-2000:]
     assert OmegaConf.load(d / "config.yaml").precision.name == "fp8_tensorwise"
+
+
+def test_grpo_init_from_a_checkpoint_of_another_model_is_refused_before_the_run_dir(tmp_path):
+    from bench.model import ModelConfig, Transformer
+
+    pt = ckpt.save_file(tmp_path / "other.pt", {"trainer": {"model": Transformer(ModelConfig(d_ff=256)).state_dict()}})
+    line = one_line_error(recipe_args("grpo", [f"init_from={pt}"], tmp_path / "run", tmp_path / "cache"))
+    assert f"init_from={pt}: layers.0.mlp.gate.weight has shape (256, 128), model expects (384, 128)" in line
+    assert not (tmp_path / "run").exists()

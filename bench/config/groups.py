@@ -102,7 +102,7 @@ def check_stress(s, meta: nn.Module) -> None:
     need(finite(s.growth) and s.growth > 0, f"stress.growth={s.growth} must be a positive finite factor; valid: > 0 (1 = constant)")
 
 
-def check_grpo(cfg, task, model_cfg, world: int) -> None:
+def check_grpo(cfg, task, model_cfg, world: int, meta: nn.Module) -> None:
     """GRPO knobs, IS options, the rollout sharding, the warm-up and its source."""
     from bench.rl.importance import check_options
     from bench.rl.rollout_shards import resolve_shards
@@ -132,18 +132,28 @@ def check_grpo(cfg, task, model_cfg, world: int) -> None:
     except ValueError as e:
         msg = str(e) if "valid:" in str(e) else f"{e}; valid: {IS_RULES}"
         raise BadInput(msg) from None
-    check_warmup(cfg)
+    check_warmup(cfg, meta)
 
 
-def check_warmup(cfg) -> None:
+def check_warmup(cfg, meta: nn.Module) -> None:
+    """The supervised warm-up's knobs, or the checkpoint that replaces it: it must exist, pass its
+    checksum and fit this model, which `load_policy_weights` checks; loading into the meta model
+    copies nothing (torch warns that such a copy is a no-op, which is the point here)."""
     w = cfg.warmup
     need(w.steps >= 0, f"warmup.steps={w.steps}; valid: 0 (none) or a step count")
     positive(w, "warmup.", "batch_size", "lr")
-    if cfg.init_from is not None:
-        from pathlib import Path
+    if cfg.init_from is None:
+        return
+    import warnings
+    from pathlib import Path
 
-        need(Path(cfg.init_from).exists(), f"init_from={cfg.init_from} does not exist; valid: a pretrain run dir, "
-                                           f"a checkpoint file, or null (the cached warm-up)")
+    from bench.rl.warmstart import load_policy_weights
+
+    need(Path(cfg.init_from).exists(), f"init_from={cfg.init_from} does not exist; valid: a pretrain run dir, "
+                                       f"a checkpoint file, or null (the cached warm-up)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        load_policy_weights(meta, cfg.init_from)
 
 
 def check_generator(cfg) -> None:

@@ -83,7 +83,7 @@ def validate(cfg, recipe: str, dirs: bool = True) -> Checked:
         check_stress(cfg.stress, meta)
         check_divisible("batch_size", cfg.batch_size)
     else:
-        check_grpo(cfg, task, model_cfg, world_size())
+        check_grpo(cfg, task, model_cfg, world_size(), meta)
         check_generator(cfg)
     if not dirs:
         return Checked(model_cfg, task, device, None)
