@@ -48,7 +48,9 @@ def test_fp8_precision_files_are_valid_recipes(name):
 
     cfg = compose_cfg("pretrain", [f"precision={name}"])
     if is_fp8(name):
-        assert get_recipe(cfg.precision).name == name
+        from bench.precision.recipes import RECIPES
+
+        assert get_recipe(cfg.precision) == RECIPES[name]  # the file and the named recipe are one recipe
 
 
 @pytest.mark.parametrize("launcher", ["local_parallel", "slurm", "slurm_local"])
@@ -83,6 +85,17 @@ def test_no_group_file_repeats_a_schema_default(group, option):
     flat = dict(leaves(defaults))
     raw = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{option}.yaml")) or {}
     repeated = [k for k, v in leaves(raw) if k != "name" and k in flat and flat[k] == v]
+    assert not repeated, f"{group}/{option}.yaml repeats schema defaults: {repeated}"
+
+
+@pytest.mark.parametrize("option", options("precision") + options("task"), ids=str)
+def test_no_precision_or_task_file_repeats_its_kind_schema_default(option):
+    group = "precision" if option in options("precision") else "task"
+    raw = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{option}.yaml"))
+    (kind,) = [d.split("/")[-1].split("@")[0] for d in raw.pop("defaults") if d.startswith("/schema/")]
+    node = (schema.PRECISION_SCHEMAS if group == "precision" else schema.TASK_SCHEMAS)[kind]
+    flat = dict(leaves(OmegaConf.to_container(OmegaConf.structured(node))))
+    repeated = [k for k, v in leaves(raw) if k not in ("name", "scaling") and k in flat and flat[k] == v]
     assert not repeated, f"{group}/{option}.yaml repeats schema defaults: {repeated}"
 
 

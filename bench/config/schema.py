@@ -18,6 +18,7 @@ that composes a config (the recipes through bench.session, check_overrides, the 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -25,6 +26,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from bench.model import ModelConfig
+from bench.precision.recipes import Recipe
 from bench.rl.grpo import GRPOConfig
 from bench.tasks import TASKS
 from bench.training import OptimConfig
@@ -61,38 +63,42 @@ class FP16Precision(HighPrecision):
     loss_scale: LossScale = field(default_factory=LossScale)
 
 
+# A recipe knob's default is the Recipe dataclass's (bench/precision/recipes.py): read, not copied.
+_KNOB = {f.name: f.default for f in dataclasses.fields(Recipe)}
+
+
 @dataclass
 class FP8Precision:
-    """An FP8 recipe (DESIGN.md §5). The knobs that define a named recipe (scaling, formats, its
-    granularity) are written in its YAML file, the one place that names it; the knobs below have
-    one default for every recipe. Knobs of other scalings are absent (a typo, not a no-op)."""
+    """An FP8 recipe (DESIGN.md §5): its YAML names it and sets what sets it apart (scaling,
+    formats, granularity); every other knob defaults as in `Recipe`. Knobs of other scalings are
+    absent (a typo, not a no-op)."""
     name: str = MISSING
     scaling: str = MISSING
     engine: str = "auto"          # auto (te > torchao > reference) | reference | torchao | te
-    fwd_format: str = "e4m3"      # input and weight casts
-    grad_format: str = "e4m3"     # grad_output casts
-    pow2_scales: bool = False     # round scales down to powers of two
-    fast_accum: bool = True       # fp32-accumulation shortcut in the forward GEMM (GPU only)
+    fwd_format: str = _KNOB["fwd_format"]    # input and weight casts
+    grad_format: str = _KNOB["grad_format"]  # grad_output casts
+    pow2_scales: bool = _KNOB["pow2_scales"]  # round scales down to powers of two
+    fast_accum: bool = _KNOB["fast_accum"]   # fp32-accumulation shortcut in the forward GEMM (GPU only)
     keep_high_precision: KeepHighPrecision = field(default_factory=KeepHighPrecision)
 
 
 @dataclass
 class DelayedPrecision(FP8Precision):
-    amax_history_len: int = 16
-    amax_compute_algo: str = "max"   # max | most_recent
-    margin: int = 0
+    amax_history_len: int = _KNOB["amax_history_len"]
+    amax_compute_algo: str = _KNOB["amax_compute_algo"]  # max | most_recent
+    margin: int = _KNOB["margin"]
 
 
 @dataclass
 class BlockwisePrecision(FP8Precision):
-    act_block: int = 128
-    weight_block: int = 128
+    act_block: int = _KNOB["act_block"]
+    weight_block: int = _KNOB["weight_block"]
 
 
 @dataclass
 class MXPrecision(FP8Precision):
-    mx_block: int = 32
-    mx_scale_rounding: str = MISSING   # floor (OCP spec) | rceil: set by the recipe's YAML
+    mx_block: int = _KNOB["mx_block"]
+    mx_scale_rounding: str = _KNOB["mx_scale_rounding"]  # floor (OCP spec) | rceil
 
 
 PRECISION_SCHEMAS = {"high": HighPrecision, "fp16": FP16Precision, "fp8": FP8Precision,
