@@ -23,13 +23,16 @@ import torch.nn.functional as F
 
 @dataclass
 class ModelConfig:
+    """The `model` config group's schema; its defaults are the tiny model (conf/model/tiny.yaml
+    names it, the other model files set their own dims). Dims are multiples of 128 so every FP8
+    recipe (1x128 / 128x128 blockwise tiles, 1x32 MX blocks) tiles them exactly."""
     name: str = "tiny"
     vocab_size: int = 128
     d_model: int = 128
     n_layers: int = 4
     n_heads: int = 4
     d_ff: int = 384
-    max_seq_len: int = 64
+    max_seq_len: int = 96
     qk_norm: bool = False
     tie_embeddings: bool = False
     rope_theta: float = 10000.0
@@ -40,17 +43,14 @@ class ModelConfig:
         """A reason this config cannot build a model, or None."""
         for field in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
             if getattr(self, field) <= 0:
-                return f"model.{field}={getattr(self, field)} must be positive"
+                return f"model.{field}={getattr(self, field)} must be positive; valid: an integer >= 1"
         if self.d_model % self.n_heads:
-            return f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}"
+            return (f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}; "
+                    f"valid: a d_model that is a multiple of n_heads")
         if (self.d_model // self.n_heads) % 2:
-            return f"head dim {self.d_model // self.n_heads} must be even for RoPE"
+            return (f"head dim model.d_model/model.n_heads={self.d_model // self.n_heads} must be even for RoPE; "
+                    f"valid: an even d_model/n_heads")
         return None
-
-    def num_params(self) -> int:
-        d, f, v, n = self.d_model, self.d_ff, self.vocab_size, self.n_layers
-        per_layer = 4 * d * d + 3 * d * f + 2 * d
-        return v * d * (1 if self.tie_embeddings else 2) + n * per_layer + d
 
 
 def linear(in_features: int, out_features: int) -> nn.Linear:

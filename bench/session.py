@@ -15,7 +15,7 @@ bookkeeping, so a recipe's loop is only its step:
 """
 from __future__ import annotations
 
-import os
+import contextlib
 import signal
 import sys
 import time
@@ -29,12 +29,12 @@ from omegaconf import OmegaConf
 
 from bench import checkpoint as ckpt
 from bench import distributed, rundir, runlock
+from bench.config import pick_device, validate  # noqa: F401  (pick_device: re-exported)
 from bench.errors import BadInput
 from bench.events import Event
 from bench.logger import NullLogger, RunLogger
 from bench.model import ModelConfig
 from bench.numerics.policy import InstabilityPolicy
-from bench.tasks import build_task
 
 
 def typed(schema, node, what: str):
@@ -46,49 +46,22 @@ def typed(schema, node, what: str):
         raise BadInput(f"bad {what} config: {msg}") from None
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise BadInput(f"device={name} but CUDA is not available here; valid: auto, cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise BadInput(f"device={name!r} is not a torch device; valid: auto, cpu, cuda, cuda:N") from None
-
-
 class Session:
     def __init__(self, cfg, recipe: str):
+        # The one validation pass (bench/config/validate.py): every check of user input, before
+        # the process group, the run dir, the model or the GRPO warm-up exist. A bad value is
+        # one BadInput line, exit 2, and nothing on disk.
+        checked = validate(cfg, recipe)
         self.cfg, self.recipe = cfg, recipe
-        for key in ("steps", "batch_size", "eval_every"):
-            if key in cfg and int(cfg[key]) <= 0:
-                raise BadInput(f"{key}={cfg[key]} must be a positive integer")
-        self.model_cfg: ModelConfig = typed(ModelConfig, cfg.model, "model")
-        reason = self.model_cfg.validate()
-        if reason:
-            raise BadInput(reason)
-        try:
-            self.task = build_task(cfg.task)
-        except (ValueError, TypeError) as e:
-            raise BadInput(str(e)) from None
-        if self.task.seq_len > self.model_cfg.max_seq_len:
-            raise BadInput(f"task {self.task.name} needs sequences of {self.task.seq_len} tokens; "
-                           f"model.max_seq_len={self.model_cfg.max_seq_len}")
-        self.device = pick_device(str(cfg.get("device", "auto")))
+        self.model_cfg: ModelConfig = checked.model
+        self.task, self.device, self.resume_state = checked.task, checked.device, checked.resume_state
+        self.resume = cfg.resume
         self.dist = distributed.init(self.device)
-        key = "batch_size" if "batch_size" in cfg else "grpo.prompts_per_step"
-        n = OmegaConf.select(cfg, key, default=0)
-        if self.dist.enabled and int(n) % self.dist.world:
-            raise BadInput(f"{key}={n} is not divisible by the {self.dist.world} ranks")
-        self.resume = bool(cfg.get("resume", False))
         if self.dist.is_main:  # rank 0 alone creates and owns the run dir
             self.run_dir = rundir.prepare(cfg.run_dir, self.resume)
         distributed.barrier(self.dist)
         self.run_dir = Path(cfg.run_dir)
-        self.resume_state = ckpt.load(ckpt.latest(self.run_dir / "checkpoints")) if self.resume else None
         self.resolved = OmegaConf.to_container(cfg, resolve=True)
-        self.eval_best: dict[str, float] = {}
-        self.eval_regressions: list[dict] = []
         self.stop_requested = None
         self.wall_before = 0.0  # wall time of earlier segments of a resumed run
 
@@ -284,6 +257,9 @@ def run_recipe(cfg, recipe: str, body) -> None:
         code = body(session)
     except BadInput as e:
         print(f"fp8bench: error: {e}", file=sys.stderr)
+        if _in_multirun():  # Hydra made this job's dir before the job ran: leave no empty husk
+            with contextlib.suppress(OSError):
+                Path(cfg.run_dir).rmdir()  # only if empty
         sys.exit(2)
     distributed.leave(session.dist, code)  # torchrun workers only; returns in a single process
     if code and not _in_multirun():
@@ -313,4 +289,3 @@ def multirun_dir(cfg) -> None:
         OmegaConf.set_struct(cfg, False)
         cfg.run_dir = hc.runtime.output_dir
         cfg.sweep = Path(hc.sweep.dir).name
-        os.environ.setdefault("FP8BENCH_SWEEP", cfg.sweep)

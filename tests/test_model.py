@@ -52,3 +52,20 @@ def test_token_logprobs_equal_log_softmax_gather():
 def test_sequences_longer_than_max_seq_len_raise():
     with pytest.raises(ValueError, match="max_seq_len"):
         Transformer(TINY)(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_model_config_defaults_are_the_tiny_model_file():
+    """ModelConfig is the model group's schema: its defaults and conf/model/tiny.yaml are one model."""
+    from omegaconf import OmegaConf
+
+    import bench.config  # noqa: F401  (registers the schemas)
+    from helpers import compose_cfg
+
+    assert OmegaConf.to_object(compose_cfg("pretrain", ["model=tiny"]).model) == ModelConfig()
+
+
+@pytest.mark.parametrize("field,value,needle", [("n_heads", 3, "not divisible by model.n_heads=3"),
+                                                ("n_heads", 64, "must be even for RoPE")])
+def test_impossible_head_layouts_name_the_values(field, value, needle):
+    reason = ModelConfig(**{**TINY.__dict__, field: value}).validate()
+    assert needle in reason and "valid:" in reason

@@ -66,3 +66,41 @@ def test_textfile_task_reads_a_users_file(tmp_path):
 def test_unknown_task_names_valid_choices():
     with pytest.raises(ValueError, match="valid: " + ", ".join(TASKS)):
         build_task({"name": "sudoku"})
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_a_bare_task_name_takes_every_default_from_its_config_dataclass(name, tmp_path):
+    from dataclasses import asdict
+
+    cfg = {"name": name}
+    if name == "textfile":
+        f = tmp_path / "corpus.txt"
+        f.write_text("lorem ipsum dolor sit amet " * 200)
+        cfg["path"] = str(f)
+    t = build_task(cfg)
+    for key, default in asdict(TASKS[name].Config()).items():
+        if key not in ("name", "path") and hasattr(t, key):
+            assert getattr(t, key) == default, key
+
+
+def test_unknown_task_knob_names_the_valid_knobs():
+    with pytest.raises(ValueError, match=r"unknown key task.digitz for task=addition; valid: digits, reverse_answer"):
+        build_task({"name": "addition", "digitz": 3})
+
+
+@pytest.mark.parametrize("cfg,match", [
+    ({"name": "textfile"}, "needs task.path=FILE"),
+    ({"name": "textfile", "path": "/nonexistent.txt"}, "'/nonexistent.txt' is not a readable file; valid:"),
+    ({"name": "addition", "loss_on": "some"}, "task.loss_on='some'; valid: answer, all"),
+    ({"name": "reversal", "length": 0}, "task.length=0 must be positive"),
+])
+def test_bad_task_values_name_the_value(cfg, match):
+    with pytest.raises(ValueError, match=match):
+        build_task(cfg)
+
+
+def test_textfile_window_must_be_positive(tmp_path):
+    f = tmp_path / "corpus.txt"
+    f.write_text("lorem ipsum " * 500)
+    with pytest.raises(ValueError, match="task.window=0 must be a positive number of tokens"):
+        build_task({"name": "textfile", "path": str(f), "window": 0})

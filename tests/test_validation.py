@@ -1,44 +1,182 @@
-"""Bad input: one clear line naming the bad value and the valid choices, exit 2, before compute."""
+"""Bad input: one line naming the bad value and the valid choices, exit 2, and nothing on disk.
+
+Every case of the shared lists in tests/badinputs.py runs the real entry point in a subprocess;
+validation fails before the run dir, the process group, the model or the GRPO warm-up exist, so
+each costs one interpreter start. Resume cases use a run dir fabricated the way a run writes it
+(config.yaml + a checksummed checkpoint), so they need no training either.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
 import pytest
+import torch
+from omegaconf import OmegaConf
 
-from helpers import run_cli
+import bench.config  # noqa: F401  (registers the schemas before compose_cfg)
+from badinputs import BAD_INPUTS, GOOD_CONFIGS
+from bench import checkpoint as ckpt
+from helpers import QUIET, ROOT, compose_cfg, run_cli
 
-CASES = [
-    ("unknown_model", "pretrain", ["model=huge"], "model='huge'"),
-    ("unknown_task", "pretrain", ["task=sudoku"], "task='sudoku'"),
-    ("unknown_precision", "pretrain", ["precision=fp9"], "precision='fp9'"),
-    ("unknown_precision_in_sweep", "pretrain", ["-m", "precision=bf16,fp9"], "precision='fp9'"),
-    ("non_positive_model_size", "pretrain", ["model.d_model=0"], "model.d_model=0"),
-    ("non_positive_steps", "pretrain", ["steps=0"], "steps=0"),
-    ("unknown_engine", "pretrain", ["precision=fp8_tensorwise", "precision.engine=cutlass"], "precision.engine='cutlass'"),
-    ("te_without_cuda", "pretrain", ["precision=fp8_delayed", "precision.engine=te"], "cannot run fp8_delayed"),
-    ("torchao_without_delayed", "pretrain", ["precision=fp8_delayed", "precision.engine=torchao"], "no delayed scaling"),
-    ("impossible_shape_for_mx", "pretrain", ["precision=mxfp8", "model.d_ff=400"], "cannot run mxfp8"),
-    ("unknown_is_correction", "grpo", ["is_correction=magic"], "is_correction='magic'"),
-    ("unknown_is_mode_knob", "grpo", ["is_correction.mode=magic"], "magic"),
-    ("unknown_policy_action", "pretrain", ["policy.action=explode"], "policy.action='explode'"),
-]
+FILES = {"{text}": str(ROOT / "README.md"), "{binary}": sys.executable}
 
 
-@pytest.mark.parametrize("name,recipe,args,needle", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_exits_2_with_one_line(name, recipe, args, needle, tmp_path):
-    r = run_cli(["-m", f"recipes.{recipe}", *args, f"run_dir={tmp_path / 'run'}", "logger=disabled"], timeout=120)
+def one_line_error(args: list[str]) -> str:
+    r = run_cli(args, timeout=300)
     lines = [l for l in r.stderr.splitlines() if l.strip()]
-    assert r.returncode == 2, r.stderr[-2000:]
-    assert len(lines) == 1 and needle in lines[0], lines
-    assert "Traceback" not in r.stderr
-    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # no compute started
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("fp8bench: error: "), r.stderr[-3000:]
+    return lines[0]
 
 
-def test_resume_without_checkpoint_exits_2(tmp_path):
-    r = run_cli(["-m", "recipes.pretrain", f"run_dir={tmp_path / 'nothing'}", "resume=true", "logger=disabled"])
-    assert r.returncode == 2 and "has no checkpoint" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+def substitute(override: str) -> str:
+    key, _, value = override.partition("=")
+    return f"{key}={FILES[value]}" if value in FILES else override
+
+
+def recipe_args(recipe: str, overrides: list[str], run_dir: Path, cache: Path) -> list[str]:
+    overrides = [substitute(o) for o in overrides]
+    extra = [f"warmup.cache_dir={cache}"] if recipe == "grpo" else []
+    return ["-m", f"recipes.{recipe}", *overrides, f"run_dir={run_dir}", *extra, *QUIET]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=[c.id for c in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_and_leaves_no_run_dir(case, tmp_path):
+    run_dir, cache = tmp_path / "run", tmp_path / "cache"
+    line = one_line_error(recipe_args(case.recipe, case.overrides, run_dir, cache))
+    for needle in case.needles:
+        assert needle in line, line
+    assert not run_dir.exists()  # nothing to clean up before the corrected rerun
+    assert not cache.exists()    # the GRPO warm-up never trained
+
+
+def test_default_run_dir_is_left_alone_by_a_bad_input():
+    """Without run_dir=, the default runs/<recipe>/<run_name> must not be created either."""
+    default = ROOT / "runs" / "pretrain" / "bf16_addition_s987654"
+    assert not default.exists()
+    line = one_line_error(["-m", "recipes.pretrain", "optim.lr=-1", "seed=987654", *QUIET])
+    assert "optim.lr=-1" in line
+    assert not default.exists()
+
+
+def test_run_dir_under_a_file(tmp_path):
+    (tmp_path / "f").write_text("x")
+    line = one_line_error(["-m", "recipes.pretrain", f"run_dir={tmp_path / 'f' / 'run'}", *QUIET])
+    assert f"is under a file ({tmp_path / 'f'})" in line and "valid:" in line
+
+
+def test_run_dir_that_is_a_file(tmp_path):
+    (tmp_path / "f").write_text("x")
+    line = one_line_error(["-m", "recipes.pretrain", f"run_dir={tmp_path / 'f'}", *QUIET])
+    assert "exists and is not a directory" in line and (tmp_path / "f").read_text() == "x"
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc (a file system nobody can write)")
+def test_run_dir_on_a_read_only_path():
+    line = one_line_error(["-m", "recipes.pretrain", "run_dir=/proc/fp8bench/run", *QUIET])
+    assert "run_dir=/proc/fp8bench/run cannot be created" in line and "not writable" in line and "valid:" in line
 
 
 def test_existing_run_dir_is_never_overwritten(tmp_path):
     d = tmp_path / "run"
     d.mkdir()
     (d / "metrics.jsonl").write_text('{"step": 0}\n')
-    r = run_cli(["-m", "recipes.pretrain", f"run_dir={d}", "logger=disabled"])
-    assert r.returncode == 2 and "already holds a run" in r.stderr
-    assert (d / "metrics.jsonl").read_text() == '{"step": 0}\n'
+    line = one_line_error(["-m", "recipes.pretrain", f"run_dir={d}", *QUIET])
+    assert "already holds a run" in line and "resume=true" in line
+    assert sorted(p.name for p in d.iterdir()) == ["metrics.jsonl"]
+
+
+# --- resume ---------------------------------------------------------------------------------
+def fake_run(run_dir: Path, overrides: list[str], step: int = 4) -> Path:
+    """A run dir as a finished run leaves it: the resolved config.yaml and a checkpoint."""
+    cfg = compose_cfg("pretrain", [*overrides, f"run_dir={run_dir}"])
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    ckpt.save(run_dir / "checkpoints", step, {"step": step, "trainer": {}})
+    return run_dir
+
+
+def listing(d: Path) -> dict:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("changed,needles", [
+    (["precision=bf16"], ("precision: fp8_tensorwise -> bf16",)),
+    (["model=125m"], ("model: tiny -> 125m",)),
+    (["model.d_ff=512"], ("model.d_ff: 384 -> 512",)),
+    (["seed=3", "optim.lr=0.01"], ("seed: 0 -> 3", "optim.lr: 0.003 -> 0.01")),
+    (["precision.keep_high_precision.patterns=[]"], ("precision.keep_high_precision.patterns: ['lm_head'] -> []",)),
+    (["task.digits=3"], ("task.digits: 2 -> 3",)),
+], ids=["precision", "model", "model_dim", "seed_and_lr", "recipe_knob", "task"])
+def test_resume_refuses_a_change_to_what_defines_the_run(changed, needles, tmp_path):
+    d = fake_run(tmp_path / "run", ["precision=fp8_tensorwise"])
+    before = listing(d)
+    line = one_line_error(["-m", "recipes.pretrain", "precision=fp8_tensorwise", *changed, f"run_dir={d}",
+                           "resume=true", *QUIET])
+    assert "resume=true would change what defines the run" in line and "valid:" in line
+    for needle in needles:
+        assert needle in line, line
+    assert listing(d) == before  # config.yaml and summary are not relabelled
+
+
+def test_resume_without_checkpoint(tmp_path):
+    line = one_line_error(["-m", "recipes.pretrain", f"run_dir={tmp_path / 'nothing'}", "resume=true", *QUIET])
+    assert "has no checkpoint" in line and "valid:" in line
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_resume_with_a_corrupt_checkpoint(tmp_path):
+    d = fake_run(tmp_path / "run", [])
+    pt = ckpt.latest(d / "checkpoints")
+    pt.write_bytes(pt.read_bytes()[:-10])
+    line = one_line_error(["-m", "recipes.pretrain", f"run_dir={d}", "resume=true", *QUIET])
+    assert f"checkpoint {pt} is corrupted or truncated" in line
+
+
+def test_resume_with_fewer_steps_than_the_checkpoint(tmp_path):
+    d = fake_run(tmp_path / "run", [], step=6)
+    line = one_line_error(["-m", "recipes.pretrain", f"run_dir={d}", "resume=true", "steps=5", *QUIET])
+    assert "steps=5 is below the checkpoint's step 6" in line and "valid: steps >= 6" in line
+
+
+def test_resume_allows_more_steps_and_other_run_control(tmp_path):
+    from bench.config import validate
+
+    d = fake_run(tmp_path / "run", ["precision=fp8_tensorwise"])
+    cfg = compose_cfg("pretrain", ["precision=fp8_tensorwise", f"run_dir={d}", "resume=true", "steps=400",
+                                   "eval_every=7", "monitor=off", "policy=halt", *QUIET])
+    assert validate(cfg, "pretrain").resume_state["step"] == 4
+
+
+# --- what passes ----------------------------------------------------------------------------
+@pytest.mark.parametrize("recipe,overrides", GOOD_CONFIGS, ids=lambda v: str(v))
+def test_good_configs_pass_validation_and_touch_nothing(recipe, overrides, tmp_path):
+    from bench.config import validate
+
+    cfg = compose_cfg(recipe, [*overrides, f"run_dir={tmp_path / 'run'}", *QUIET])
+    checked = validate(cfg, recipe)
+    assert checked.device == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert checked.resume_state is None and not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_real_run_then_resume_extends_and_refuses_relabelling(tmp_path):
+    d = tmp_path / "run"
+    base = ["-m", "recipes.pretrain", "precision=fp8_tensorwise", "steps=2", "eval_every=2", "eval_problems=8",
+            f"run_dir={d}", *QUIET]
+    assert run_cli(base).returncode == 0
+    line = one_line_error([*base, "resume=true", "precision=bf16"])
+    assert "precision: fp8_tensorwise -> bf16" in line
+    r = run_cli([*base, "resume=true", "steps=3", "eval_every=3"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert OmegaConf.load(d / "config.yaml").precision.name == "fp8_tensorwise"
+
+
+def test_grpo_init_from_a_checkpoint_of_another_model_is_refused_before_the_run_dir(tmp_path):
+    from bench.model import ModelConfig, Transformer
+
+    pt = ckpt.save_file(tmp_path / "other.pt", {"trainer": {"model": Transformer(ModelConfig(d_ff=256)).state_dict()}})
+    line = one_line_error(recipe_args("grpo", [f"init_from={pt}"], tmp_path / "run", tmp_path / "cache"))
+    assert f"init_from={pt}: layers.0.mlp.gate.weight has shape (256, 128), model expects (384, 128)" in line
+    assert not (tmp_path / "run").exists()

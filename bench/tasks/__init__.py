@@ -1,6 +1,10 @@
 """Task registry: name -> Task class. Add a task by writing a Task subclass and listing it here."""
 from __future__ import annotations
 
+from dataclasses import fields
+
+from omegaconf import OmegaConf
+
 from bench.tasks.arithmetic import Addition, Reversal
 from bench.tasks.base import Problem, Task
 from bench.tasks.textfile import TextFile
@@ -9,12 +13,19 @@ TASKS: dict[str, type[Task]] = {"addition": Addition, "reversal": Reversal, "tex
 
 
 def build_task(cfg) -> Task:
-    """cfg: a mapping with `name` and the task's own knobs."""
-    cfg = dict(cfg)
+    """cfg: a mapping with `name` and any of the task's knobs; the others take the defaults of the
+    task's Config dataclass. An unknown name or knob is a ValueError naming the valid choices."""
+    cfg = OmegaConf.to_container(cfg) if OmegaConf.is_config(cfg) else dict(cfg)  # a ??? path stays "???"
     name = cfg.pop("name", None)
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; valid: {', '.join(TASKS)}")
-    return TASKS[name](**cfg)
+    cls = TASKS[name]
+    known = [f.name for f in fields(cls.Config) if f.name != "name"]
+    for k in cfg:
+        if k not in known:
+            raise ValueError(f"unknown key task.{k} for task={name}; valid: {', '.join(known)}")
+    defaults = {f.name: getattr(cls.Config(), f.name) for f in fields(cls.Config)}
+    return cls(**{k: cfg.get(k, defaults[k]) for k in known})
 
 
 __all__ = ["TASKS", "Task", "Problem", "build_task"]

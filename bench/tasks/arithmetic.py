@@ -3,8 +3,26 @@ from __future__ import annotations
 
 import random
 import string
+from dataclasses import dataclass
 
 from bench.tasks.base import Problem, Task
+
+
+@dataclass
+class AdditionConfig:
+    """task=addition (the one place these defaults live; bench/config/schema.py registers it)."""
+    name: str = "addition"
+    digits: int = 2
+    reverse_answer: bool = True   # least-significant digit first: learnable carry by carry
+    loss_on: str = "answer"       # answer | all (prompt digits are random: all adds an irreducible floor)
+
+
+@dataclass
+class ReversalConfig:
+    """task=reversal."""
+    name: str = "reversal"
+    length: int = 5
+    loss_on: str = "answer"
 
 
 class Addition(Task):
@@ -12,9 +30,10 @@ class Addition(Task):
     significant digit first, which is what a left-to-right decoder can compute carry by carry)."""
 
     name = "addition"
+    Config = AdditionConfig
 
-    def __init__(self, digits: int = 2, reverse_answer: bool = True, **kw):
-        super().__init__(**kw)
+    def __init__(self, digits: int, reverse_answer: bool, loss_on: str):
+        super().__init__(loss_on)
         if digits <= 0:
             raise ValueError(f"task.digits={digits} must be positive")
         self.digits, self.reverse_answer = digits, reverse_answer
@@ -38,9 +57,10 @@ class Reversal(Task):
     """'abcde>' -> 'edcba' over lowercase letters."""
 
     name = "reversal"
+    Config = ReversalConfig
 
-    def __init__(self, length: int = 5, **kw):
-        super().__init__(**kw)
+    def __init__(self, length: int, loss_on: str):
+        super().__init__(loss_on)
         if length <= 0:
             raise ValueError(f"task.length={length} must be positive")
         self.length = length

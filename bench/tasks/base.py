@@ -26,10 +26,13 @@ class Problem:
 
 
 class Task:
+    """A subclass names its config dataclass `Config` (its knobs and their one set of defaults);
+    `bench.tasks.build_task` fills a partial mapping from it and passes every field but `name`."""
     name: str = "task"
+    Config: type = None
     eval_fraction: float = 0.1
 
-    def __init__(self, loss_on: str = "answer", **_):
+    def __init__(self, loss_on: str):
         if loss_on not in ("answer", "all"):
             raise ValueError(f"task.loss_on={loss_on!r}; valid: answer, all")
         self.loss_on = loss_on

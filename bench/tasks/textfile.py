@@ -6,26 +6,41 @@ split is by position, so train and eval windows never overlap.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from omegaconf import MISSING
 
 from bench.tasks.base import Task
 from bench.tasks.tokenizer import clean, encode
 
 
+@dataclass
+class TextFileConfig:
+    """task=textfile: `path` is required (MISSING until given)."""
+    name: str = "textfile"
+    path: str = MISSING
+    window: int = 64              # tokens per training window
+
+
 class TextFile(Task):
     name = "textfile"
+    Config = TextFileConfig
 
-    def __init__(self, path: str = "", window: int = 64, **kw):
-        kw["loss_on"] = "all"
-        super().__init__(**kw)
+    def __init__(self, path: str, window: int):
+        super().__init__(loss_on="all")  # a corpus has no prompt: every token is a target
         p = Path(path)
-        if not path or not p.is_file():
-            raise ValueError(f"task.path={path!r} is not a readable text file")
+        if path in ("", MISSING):
+            raise ValueError("task=textfile needs task.path=FILE (a plain-text file); none given")
+        if not p.is_file():
+            raise ValueError(f"task.path={path!r} is not a readable file; valid: a plain-text file")
+        if window <= 0:
+            raise ValueError(f"task.window={window} must be a positive number of tokens; valid: > 0")
         ids = encode(clean(p.read_text(errors="ignore")))
         if len(ids) < 20 * (window + 1):
-            raise ValueError(f"task.path={path!r} holds {len(ids)} usable characters; need >= {20 * (window + 1)}")
+            raise ValueError(f"task.path={path!r} holds {len(ids)} usable characters; need >= {20 * (window + 1)} "
+                             f"(20 windows of task.window={window}); valid: a longer file or a smaller task.window")
         cut = int(len(ids) * 0.9)
         self.window = window
         self.data = {"train": torch.tensor(ids[:cut]), "eval": torch.tensor(ids[cut:])}

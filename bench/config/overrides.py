@@ -1,0 +1,181 @@
+"""CLI overrides, checked before Hydra composes anything: one line instead of Hydra's six.
+
+Hydra reports an unknown group choice, a key typo or a value of the wrong type as a multi-line
+error with exit 1. Here each override is checked against the composed defaults of the same
+recipe and groups (so against the schemas of bench/config/schema.py): a group choice must be one
+of the group's files, a key must exist (else the nearest valid key, by difflib, and the keys at
+that level), and a value must convert to the key's type. Sweeps (`-m seed=0,1,2`) check every
+listed value. Anything else Hydra would refuse is caught by composing the full override list once.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import get_args, get_origin
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from bench.errors import BadInput
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+TYPE_HINTS = {int: "an integer", float: "a number", bool: "true, false", str: "a string"}
+
+
+def group_choices(group: str) -> list[str]:
+    """The files of a config group (conf/<group>/*.yaml) by name."""
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def is_group(key: str) -> bool:
+    return "." not in key and "@" not in key and (CONF / key).is_dir()
+
+
+def parse(argv: list[str]):
+    """Hydra's own parser over the `key=value` arguments (flags and `hydra/...` keys skipped)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args = [a for a in argv if "=" in a and not a.startswith(("-", "hydra"))]
+    try:
+        return OverridesParser.create().parse_overrides(overrides=args)
+    except Exception as e:
+        raise BadInput(f"malformed override ({str(e).splitlines()[0]}); valid: key=value, group=choice") from None
+
+
+def values(ov) -> list:
+    """The element(s) an override sets: one, or each of a sweep's (choice, range, and a glob over a
+    group's files); [] for an interval sweep (a continuum: left to the sweeper)."""
+    from hydra.core.override_parser.types import ChoiceSweep, Glob, RangeSweep
+
+    if not ov.is_sweep_override():
+        return [ov.value()]
+    v = ov.value()
+    if isinstance(v, ChoiceSweep):
+        return list(v.list)
+    if isinstance(v, RangeSweep):
+        return list(range(int(v.start), int(v.stop), int(v.step))) if float(v.start).is_integer() else []
+    if isinstance(v, Glob) and is_group(ov.key_or_group):
+        return v.filter(group_choices(ov.key_or_group))
+    return []
+
+
+def compose(recipe: str, overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import bench.config.schema  # noqa: F401  (registers the schemas)
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose(config_name=recipe, overrides=overrides)
+
+
+def load_choice(group: str, choice: str, recipe: str = "pretrain"):
+    """One group option composed with its schema (every key, typed, defaults filled), as the
+    recipes see it: for tools that build a piece without a recipe (bench/perf.py). Reading the
+    YAML file alone misses the schema's defaults (and holds Hydra's `defaults` list)."""
+    return compose(recipe, [f"{group}={choice}"])[group]
+
+
+def as_arg(ov, value) -> str:
+    """The override as text again (its key element keeps any +, ++ or ~), a sweep at one value."""
+    return f"{ov.get_key_element()}={ov.get_value_element_as_str() if value is None else value}"
+
+
+def fmt(v) -> str:
+    """A parsed override element back as override text."""
+    return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def check(recipe: str, argv: list[str]) -> None:
+    """Raise BadInput (one line) for the first bad override in argv."""
+    ovs = parse(argv)
+    first = []  # the overrides with each sweep at its first value: what the base config is composed with
+    for ov in ovs:
+        vals = values(ov)
+        if is_group(ov.key_or_group) and ov.type.name == "CHANGE":
+            valid = group_choices(ov.key_or_group)
+            for v in vals:
+                if v not in valid:
+                    raise BadInput(f"unknown {ov.key_or_group}={v!r}; valid: {', '.join(valid)}")
+        if ov.is_sweep_override() and not vals:
+            continue  # an interval sweep: composed at its default
+        first.append(as_arg(ov, fmt(vals[0]) if ov.is_sweep_override() else None))
+    groups = [a for a in first if is_group(a.lstrip("+~").split("=", 1)[0]) or a.startswith(("+", "~"))]
+    base = try_compose(recipe, groups)
+    for ov in ovs:
+        if ov.type.name != "CHANGE" or is_group(ov.key_or_group):
+            continue
+        check_key(base, ov.key_or_group)
+        for v in values(ov):
+            check_value(base, ov.key_or_group, v)
+    try_compose(recipe, first)
+    if any(a in ("-m", "--multirun") for a in argv):
+        validate_sweep(recipe, ovs)
+
+
+def validate_sweep(recipe: str, ovs, limit: int = 256) -> None:
+    """Under -m, run the validation pass on every job's config before Hydra launches any: a value
+    bad for one cell (say model.d_ff=400 with mxfp8 in a precision sweep) must not surface after
+    the cells before it have trained. Run-dir checks are left to each job (its dir is Hydra's)."""
+    import itertools
+
+    from bench.config.validate import validate
+
+    choices = [[as_arg(ov, fmt(v)) for v in values(ov)] if ov.is_sweep_override() else [as_arg(ov, None)]
+               for ov in ovs]
+    for n, job in enumerate(itertools.product(*[c for c in choices if c])):
+        if n == limit:
+            return
+        validate(try_compose(recipe, list(job)), recipe, dirs=False)
+
+
+def try_compose(recipe: str, overrides: list[str]):
+    try:
+        return compose(recipe, overrides)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        cause = e.__cause__
+        if cause is not None and str(cause).strip():
+            msg += f" ({str(cause).strip().splitlines()[0]})"
+        raise BadInput(f"{msg}; valid: see `python -m recipes.{recipe} --cfg job`") from None
+
+
+def check_key(cfg, key: str) -> None:
+    """The key exists; else one line naming the nearest valid key and the keys at that level."""
+    node, path = cfg, []
+    for part in key.split("."):
+        if isinstance(node, ListConfig):
+            return  # list indices: the value check reports a bad one
+        if not isinstance(node, DictConfig) or part not in node.keys():  # `in node` is False for ??? values
+            keys = list(node.keys()) if isinstance(node, DictConfig) else []
+            where = ".".join(path)
+            near = difflib.get_close_matches(part, keys, n=1, cutoff=0.5)
+            hint = f"did you mean {'.'.join([*path, near[0]])}? " if near else ""
+            raise BadInput(f"unknown config key {key!r}; {hint}valid keys{' under ' + where if where else ''}: "
+                           f"{', '.join(keys)}")
+        node = node[part] if not OmegaConf.is_missing(node, part) else None
+        path.append(part)
+
+
+def check_value(cfg, key: str, value) -> None:
+    """The value converts to the key's schema type (the merge Hydra would do, on a copy)."""
+    trial = copy.deepcopy(cfg)
+    try:
+        OmegaConf.update(trial, key, value, merge=True)
+    except Exception:
+        raise BadInput(f"{key}={value!r} is not valid for this key; valid: {type_hint(cfg, key)}") from None
+
+
+def type_hint(cfg, key: str) -> str:
+    """What the schema accepts at `key`, in words ("an integer, or null")."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    try:
+        meta = node._get_node(leaf)._metadata
+    except Exception:
+        return "a value of the key's type"
+    if get_origin(meta.ref_type) in (list, tuple) or meta.ref_type in (list, tuple):
+        return "a list, e.g. [a, b]" + (", or null" if meta.optional else "")
+    types = [t for t in (get_args(meta.ref_type) or (meta.ref_type,)) if t is not type(None)]
+    hint = " or ".join(TYPE_HINTS.get(t, getattr(t, "__name__", str(t))) for t in types)
+    return hint + (", or null" if meta.optional else "")

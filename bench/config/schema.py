@@ -1,0 +1,232 @@
+"""Typed schemas of every config group: the one place each default lives.
+
+Each group is a dataclass registered in Hydra's ConfigStore. The group's YAML files select a
+choice (a model's dims, a task's kind, a precision's recipe) and either are merged into a typed
+field of the recipe schema (model, optim, logger, monitor, policy, stress, is_correction, grpo,
+generator, warmup) or name their kind's schema first in their defaults list (task and precision
+come in kinds with different keys: `/schema/task/addition@_here_`, `/schema/precision/fp8@_here_`).
+Either way a composed config holds every key with its default, with its type, in struct mode: a key
+no schema declares is an error at composition, not a silently ignored value.
+
+What a schema cannot say (ranges, choices, cross-field and device checks) is the validation pass
+in bench/config/validate.py. Existing dataclasses are reused, not copied: ModelConfig
+(bench/model.py), OptimConfig (bench/training.py), GRPOConfig (bench/rl/grpo.py), and each task's
+`Config` (bench/tasks/).
+
+Importing this module registers the schemas; bench.config imports it, and so does everything
+that composes a config (the recipes through bench.session, check_overrides, the tests).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from bench.model import ModelConfig
+from bench.numerics.policy import PolicyConfig  # the policy group's schema lives with the policy
+from bench.precision.recipes import Recipe
+from bench.rl.grpo import GRPOConfig
+from bench.tasks import TASKS
+from bench.training import OptimConfig
+
+
+# --- task: one schema per kind, each defined next to its task ----------------------------------
+TASK_SCHEMAS = {name: cls.Config for name, cls in TASKS.items()}
+
+
+# --- precision: high-precision kinds and FP8 recipes -----------------------------------------
+@dataclass
+class LossScale:
+    """fp16 dynamic loss scaling (torch.amp.GradScaler's init_scale and growth_interval)."""
+    init_scale: float = 65536.0
+    growth_interval: int = 2000
+
+
+@dataclass
+class KeepHighPrecision:
+    """Staged rollout: these Linears stay in bf16 (fnmatch patterns on dotted names, and layers)."""
+    patterns: list[str] = field(default_factory=lambda: ["lm_head"])
+    first_n_layers: int = 0
+    last_n_layers: int = 0
+
+
+@dataclass
+class HighPrecision:
+    """fp32 and bf16: no knobs beyond the name."""
+    name: str = MISSING
+
+
+@dataclass
+class FP16Precision(HighPrecision):
+    loss_scale: LossScale = field(default_factory=LossScale)
+
+
+# A recipe knob's default is the Recipe dataclass's (bench/precision/recipes.py): read, not copied.
+_KNOB = {f.name: f.default for f in dataclasses.fields(Recipe)}
+
+
+@dataclass
+class FP8Precision:
+    """An FP8 recipe (DESIGN.md §5): its YAML names it and sets what sets it apart (scaling,
+    formats, granularity); every other knob defaults as in `Recipe`. Knobs of other scalings are
+    absent (a typo, not a no-op)."""
+    name: str = MISSING
+    scaling: str = MISSING
+    engine: str = "auto"          # auto (te > torchao > reference) | reference | torchao | te
+    fwd_format: str = _KNOB["fwd_format"]    # input and weight casts
+    grad_format: str = _KNOB["grad_format"]  # grad_output casts
+    pow2_scales: bool = _KNOB["pow2_scales"]  # round scales down to powers of two
+    fast_accum: bool = _KNOB["fast_accum"]   # fp32-accumulation shortcut in the forward GEMM (GPU only)
+    keep_high_precision: KeepHighPrecision = field(default_factory=KeepHighPrecision)
+
+
+@dataclass
+class DelayedPrecision(FP8Precision):
+    amax_history_len: int = _KNOB["amax_history_len"]
+    amax_compute_algo: str = _KNOB["amax_compute_algo"]  # max | most_recent
+    margin: int = _KNOB["margin"]
+
+
+@dataclass
+class BlockwisePrecision(FP8Precision):
+    act_block: int = _KNOB["act_block"]
+    weight_block: int = _KNOB["weight_block"]
+
+
+@dataclass
+class MXPrecision(FP8Precision):
+    mx_block: int = _KNOB["mx_block"]
+    mx_scale_rounding: str = _KNOB["mx_scale_rounding"]  # floor (OCP spec) | rceil
+
+
+PRECISION_SCHEMAS = {"high": HighPrecision, "fp16": FP16Precision, "fp8": FP8Precision,
+                     "fp8_delayed": DelayedPrecision, "fp8_blockwise": BlockwisePrecision, "mx": MXPrecision}
+
+
+# --- the other groups -----------------------------------------------------------------------
+@dataclass
+class ISCorrection:
+    """DESIGN.md §6 IS correction; the bounds apply to the modes that read them."""
+    mode: str = MISSING                 # none | tis | icepop | seq_tis | seq_mask | geo_mask (the file's name)
+    cap: float = 2.0                    # C: upper truncation for tis / seq_tis / geo_mask
+    lo: float = 0.5                     # band for icepop / seq_mask / geo_mask
+    hi: float = 2.0
+    veto: Optional[float] = None        # e.g. 1e-4: drop a sequence holding any token with rho below it
+    batch_normalize: bool = False       # divide weights by their masked mean
+    lower_cap: Optional[float] = None   # tis only: lower clamp max(w, lower_cap)
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "auto"            # auto = online with WANDB_API_KEY, else offline | online | offline | disabled
+    project: str = "fp8bench"
+    entity: Optional[str] = None
+    group: Optional[str] = None   # default: the sweep name, else the recipe
+
+
+@dataclass
+class LoggerConfig:
+    progress: bool = True         # rich progress bar on a TTY, a line every console_every steps otherwise
+    console_every: int = 25
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class MonitorConfig:
+    interval: int = 25            # FP8 cast statistics every N steps (0 = off); non-finite checks every step
+    per_module: bool = True       # numerics/<module>/<role>/<stat>; false keeps only the aggregates
+    shadow: list[str] = field(default_factory=list)  # other FP8 recipes to evaluate on the same tensors
+
+
+@dataclass
+class StressConfig:
+    """bench/numerics/stress.py: an activation outlier in one Linear's input channel."""
+    enabled: bool = False
+    module: str = "layers.1.mlp.down"
+    channel: int = 0
+    from_step: int = 60
+    magnitude: float = 1000.0
+    growth: float = 1.5
+
+
+@dataclass
+class WarmupConfig:
+    """GRPO's cached supervised warm-up (bench/rl/warmstart.py)."""
+    steps: int = 150              # ~45% greedy accuracy on reversal: room to improve, reward to learn from
+    batch_size: int = 32
+    lr: float = 3.0e-3
+    seed: int = 0
+    cache_dir: str = "runs/cache"
+
+
+@dataclass
+class GeneratorConfig:
+    kv_cache_dtype: str = "auto"  # auto (the generator's compute dtype) | fp8
+    use_kv_cache: bool = True     # false: recompute the whole prefix per token (the cache-free reference)
+
+
+# --- the recipes' top level -----------------------------------------------------------------
+@dataclass
+class RunConfig:
+    """Keys both recipes share. `run_name`/`run_dir` are interpolations set in the recipe YAML."""
+    recipe: str = MISSING
+    seed: int = 0
+    steps: int = MISSING
+    eval_every: int = MISSING
+    eval_problems: int = 200
+    eval_regression_margin: float = 0.1  # accuracy drop below this run's best -> eval_regression event
+    checkpoint_every: int = MISSING
+    keep_checkpoints: int = 2
+    device: str = "auto"          # auto | cpu | cuda | cuda:N
+    threads: int = 0              # torch.set_num_threads (0 = torch's default)
+    parallel: str = "ddp"         # under torchrun: ddp (replicate) | fsdp (FSDP2 fully_shard per block)
+    run_name: str = MISSING
+    run_dir: str = MISSING
+    resume: bool = False
+    stop_after: Optional[int] = None  # checkpoint and stop after this step (status preempted)
+    sweep: Optional[str] = None       # set under multirun: the sweep dir's name
+    model: ModelConfig = MISSING
+    task: Any = MISSING               # one of TASK_SCHEMAS (by its YAML's defaults list)
+    optim: OptimConfig = MISSING
+    logger: LoggerConfig = MISSING
+    monitor: MonitorConfig = MISSING
+    policy: PolicyConfig = MISSING
+
+
+@dataclass
+class PretrainRecipe(RunConfig):
+    batch_size: int = 32
+    precision: Any = MISSING          # one of PRECISION_SCHEMAS
+    stress: StressConfig = MISSING
+
+
+@dataclass
+class GRPORecipe(RunConfig):
+    mismatch_spike_threshold: float = 1.5  # token_mult_prob_error above this -> mismatch_spike event + PNG
+    init_from: Optional[str] = None        # a pretrain run dir or checkpoint; null = cached supervised warm-up
+    trainer_precision: Any = MISSING
+    generator_precision: Any = MISSING
+    is_correction: ISCorrection = MISSING
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+
+
+RECIPE_SCHEMAS = {"pretrain": PretrainRecipe, "grpo": GRPORecipe}
+
+
+def register() -> None:
+    """Put every schema into Hydra's ConfigStore (idempotent: storing again replaces)."""
+    cs = ConfigStore.instance()
+    for name, node in RECIPE_SCHEMAS.items():
+        cs.store(name=f"{name}_schema", node=node)
+    for name, node in TASK_SCHEMAS.items():
+        cs.store(group="schema/task", name=name, node=node)
+    for name, node in PRECISION_SCHEMAS.items():
+        cs.store(group="schema/precision", name=name, node=node)
+
+
+register()
