@@ -132,7 +132,7 @@ def test_subprocess_bad_input_and_pass(runs, tmp_path):
         f"fp8bench: error: {r} rule 1: unknown bound 'max_dro'; valid: abs_min, abs_max, rel_drop, max_drop, "
         f"max_increase, rel_increase"]
     junit = tmp_path / "g.xml"
-    p = subprocess.run(cmd[:6] + ["--junit", str(junit), str(runs)], cwd=REPO, capture_output=True, text=True,
+    p = subprocess.run(cmd[:6] + ["--test", "welch", "--junit", str(junit), str(runs)], cwd=REPO, capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 0, p.stderr
     assert "precision gate: PASS" in p.stdout and junit.is_file()

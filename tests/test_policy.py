@@ -103,11 +103,11 @@ def test_spike_detectors_run_only_for_the_recipes_spike_signals(spikes):
 
 
 @pytest.mark.parametrize("knob,value,needle", [
-    ("diverge_window", 0, "policy.diverge_window=0 must be a positive integer"),
-    ("spike_min_history", 80, "policy.spike_min_history=80 must be <= policy.spike_window=50"),
-    ("overflow_frac", 1.5, "policy.overflow_frac=1.5 must be in [0, 1]"),
-    ("loss_rise", 0.0, "policy.loss_rise=0.0 must be > 0"),
-    ("grad_growth", 0.5, "policy.grad_growth=0.5 must be > 1"),
+    ("diverge_window", 0, "policy.diverge_window=0 must be a positive integer; valid: 1, 2, ..."),
+    ("spike_min_history", 80, "policy.spike_min_history=80 exceeds policy.spike_window=50"),
+    ("overflow_frac", 1.5, "policy.overflow_frac=1.5 is a fraction; valid: 0..1"),
+    ("loss_rise", 0.0, "policy.loss_rise=0.0 must be positive; valid: > 0"),
+    ("grad_growth", 0.5, "policy.grad_growth=0.5 is a ratio of grad-norm medians; valid: > 1"),
 ])
 def test_bad_policy_knobs_are_one_line_of_bad_input(knob, value, needle):
     with pytest.raises(BadInput) as e:

@@ -64,17 +64,18 @@ class PolicyConfig:
             return f"policy.action={self.action!r}; valid: {', '.join(ACTIONS)}"
         for k in ("spike_window", "spike_min_history", "diverge_window"):
             if getattr(self, k) < 1:
-                return f"policy.{k}={getattr(self, k)} must be a positive integer"
+                return f"policy.{k}={getattr(self, k)} must be a positive integer; valid: 1, 2, ..."
         if self.spike_min_history > self.spike_window:
-            return f"policy.spike_min_history={self.spike_min_history} must be <= policy.spike_window={self.spike_window}"
+            return (f"policy.spike_min_history={self.spike_min_history} exceeds policy.spike_window={self.spike_window}: "
+                    f"no spike could ever be detected; valid: 1..{self.spike_window}")
         for k in ("overflow_frac", "underflow_frac", "acc_drop", "reward_drop", "entropy_frac"):
             if not 0 <= getattr(self, k) <= 1:
-                return f"policy.{k}={getattr(self, k)} must be in [0, 1]"
+                return f"policy.{k}={getattr(self, k)} is a fraction; valid: 0..1"
         for k in ("spike_z", "loss_rise"):
             if not getattr(self, k) > 0:
-                return f"policy.{k}={getattr(self, k)} must be > 0"
+                return f"policy.{k}={getattr(self, k)} must be positive; valid: > 0"
         if not self.grad_growth > 1:
-            return f"policy.grad_growth={self.grad_growth} must be > 1 (a ratio of grad-norm medians)"
+            return f"policy.grad_growth={self.grad_growth} is a ratio of grad-norm medians; valid: > 1"
         return None
 
 
