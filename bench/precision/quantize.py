@@ -47,12 +47,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
 from bench.precision.formats import FORMATS, Float8Format
-from bench.precision.recipes import ROLES, Recipe, get_recipe
+from bench.precision.recipes import ROLES, SCALINGS, ScalingRecipe, get_recipe
 
 Tile = tuple[int, int]
 
@@ -64,6 +65,10 @@ class Quantized:
     scale: torch.Tensor         # fp32 multipliers, compact layout (module docstring)
     tile: Tile | None           # tile shape each compact scale covers; None = whole tensor
     fmt: Float8Format
+    # Elements clipped to ±max (finite x with |x·s| > max): a 0-d device tensor, so that counting
+    # every cast costs no host sync (the trainer reads all counts once per step). None where the
+    # producer did not count (a Quantized rebuilt from saved data).
+    clamped: torch.Tensor | None = None
 
     def scale_full(self) -> torch.Tensor:
         """The scale of every element, x's shape (a broadcast view for per-tensor scales)."""
@@ -93,7 +98,7 @@ def _expand(s: torch.Tensor, tile: Tile, shape) -> torch.Tensor:
     return s[:, None, :, None].expand(nr, tr, nc, tc).reshape(nr * tr, nc * tc)[:rows, :cols]
 
 
-def tile_shape(recipe: Recipe, role: str, shape) -> Tile | None:
+def tile_shape(recipe: ScalingRecipe, role: str, shape) -> Tile | None:
     """Tile (rows, cols) sharing one scale for an operand [rows, K] of this role; None = whole
     tensor."""
     _, k = shape
@@ -148,7 +153,7 @@ def _finite_or(s: torch.Tensor, amax: torch.Tensor, fallback) -> torch.Tensor:
     return torch.where(torch.isfinite(amax), s, fallback)
 
 
-def current_scale(amax: torch.Tensor, fmt: Float8Format, recipe: Recipe) -> torch.Tensor:
+def current_scale(amax: torch.Tensor, fmt: Float8Format, recipe: ScalingRecipe) -> torch.Tensor:
     """Current scaling (tensorwise, rowwise, blockwise): s = max / max(amax, eps) in fp32,
     rounded down to 2^k when the recipe asks (rowwise's default). An all-zero tile gets the
     largest scale max/eps (harmless: every q is 0)."""
@@ -236,7 +241,7 @@ class AmaxHistory(nn.Module):
         return f"length={self.history.numel()}, algo={self.algo}, margin={self.margin}"
 
 
-def scale_for(x: torch.Tensor, recipe: Recipe, role: str, history: AmaxHistory | None = None
+def scale_for(x: torch.Tensor, recipe: ScalingRecipe, role: str, history: AmaxHistory | None = None
               ) -> tuple[torch.Tensor, Tile | None]:
     """The compact fp32 scale and its tile for quantizing x [rows, K] in this role. Reads but
     never writes `history`; no host synchronisation."""
@@ -255,23 +260,50 @@ def scale_for(x: torch.Tensor, recipe: Recipe, role: str, history: AmaxHistory |
     return current_scale(amax, fmt, recipe), tile
 
 
+QuantizerFn = Callable[[torch.Tensor, ScalingRecipe, str, "AmaxHistory | None"], Quantized]
+QUANTIZERS: dict[str, QuantizerFn] = {}
+
+
+def register_quantizer(scaling: str, fn: QuantizerFn) -> None:
+    """The quantizer for one scaling: fn(x [rows, K] (any float dtype), recipe, role, history)
+    -> Quantized. `quantize` validates its arguments and dispatches here, so every consumer
+    (the reference linear, the inference linear, the monitor, fake_quantize) runs a new recipe
+    once its quantizer is registered."""
+    QUANTIZERS[scaling] = fn
+
+
 def quantize(x: torch.Tensor, recipe, role: str = "input", history: AmaxHistory | None = None) -> Quantized:
     """Quantize a 2-D tensor [rows, K] (K = the GEMM reduction dim) with the recipe's scaling for
-    this role: q = cast(clamp(x·s, −max, max)), all arithmetic in fp32 whatever x's dtype.
-    `history` (delayed scaling only) is read, not updated: updating after use is the caller's."""
+    this role. `history` (delayed scaling only) is read, not updated: updating after use is the
+    caller's."""
     recipe = get_recipe(recipe)
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; valid: {', '.join(ROLES)}")
     if x.dim() != 2:
         raise ValueError(f"quantize expects a 2-D [rows, K] tensor, got shape {tuple(x.shape)}")
+    fn = QUANTIZERS.get(recipe.scaling)
+    if fn is None:
+        raise ValueError(f"no quantizer registered for scaling {recipe.scaling!r} ({recipe.name}); "
+                         f"registered: {', '.join(QUANTIZERS)}")
+    return fn(x, recipe, role, history)
+
+
+def quantize_fp8(x: torch.Tensor, recipe: ScalingRecipe, role: str, history: AmaxHistory | None) -> Quantized:
+    """The FP8 scalings of this module: q = cast(clamp(x·s, −max, max)), all arithmetic in fp32
+    whatever x's dtype; counts the clamped elements on the way (no extra host sync)."""
     fmt = FORMATS[recipe.format_for(role)]
     xf = x.detach().float()
     s, tile = scale_for(xf, recipe, role, history)
     xs = xf * (s if tile is None else _expand(s, tile, xf.shape))
     xq = xs.clamp(-fmt.max, fmt.max)
     bad = ~torch.isfinite(xf)  # bypass the clamp (module docstring): inf must not become ±max
+    clamped = ((xs.abs() > fmt.max) & ~bad).sum()
     xq = torch.where(bad, xs if fmt.has_inf else torch.full_like(xs, float("nan")), xq)
-    return Quantized(data=xq.to(fmt.dtype), scale=s.float(), tile=tile, fmt=fmt)
+    return Quantized(data=xq.to(fmt.dtype), scale=s.float(), tile=tile, fmt=fmt, clamped=clamped)
+
+
+for _scaling in SCALINGS:
+    register_quantizer(_scaling, quantize_fp8)
 
 
 def fake_quantize(x: torch.Tensor, recipe, role: str = "input") -> torch.Tensor:
