@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from bench.errors import BadInput
-from bench.generation import FP8InferenceLinear, Generator, KVCache, swap_linears_to_fp8, truncate_logits
+from bench.generation import Generator, KVCache, truncate_logits
 from bench.model import ModelConfig, Transformer, token_logprobs
 from bench.precision import fake_quantize
+from bench.precision.inference import InferenceLinear
+from bench.precision.plan import select_fp8_modules
 from bench.precision.mixed import autocast_context
 from bench.rl.mismatch import mismatch_metrics
 
@@ -236,7 +238,7 @@ def test_w8a8_linear_matches_the_fake_quantized_gemm(recipe):
     lin = torch.nn.Linear(256, 384, bias=False)
     torch.nn.init.normal_(lin.weight, generator=gen)
     x = torch.randn(5, 3, 256, generator=gen)
-    mod = FP8InferenceLinear.from_linear(lin, recipe)
+    mod = InferenceLinear.from_linear(lin, recipe)
     # fake_quantize's fp8_delayed is a first step (current amax): what inference, with no history, runs.
     ref = fake_quantize(x.reshape(-1, 256), recipe, "input") @ fake_quantize(lin.weight.detach(), recipe, "weight").t()
     with torch.no_grad():
@@ -250,7 +252,7 @@ def test_w8a8_linear_matches_the_fake_quantized_gemm(recipe):
 
 def test_fp8_delayed_runs_as_current_scaling_with_its_margin_at_inference():
     lin = torch.nn.Linear(128, 128, bias=False)
-    mod = FP8InferenceLinear.from_linear(lin, {"name": "fp8_delayed", "margin": 2})
+    mod = InferenceLinear.from_linear(lin, {"name": "fp8_delayed", "margin": 2})
     assert torch.allclose(mod.w_scale, 448 / lin.weight.detach().abs().amax() / 4)
     assert not hasattr(mod, "hist")  # no amax history: nothing to update, nothing shared
 
@@ -260,30 +262,30 @@ def test_scaled_mm_runs_the_gemms_whose_scales_factor_out(monkeypatch, recipe, e
     calls = []
     real = torch._scaled_mm
     monkeypatch.setattr(torch, "_scaled_mm", lambda *a, **k: calls.append(1) or real(*a, **k))
-    mod = FP8InferenceLinear.from_linear(torch.nn.Linear(128, 128, bias=False), recipe)
+    mod = InferenceLinear.from_linear(torch.nn.Linear(128, 128, bias=False), recipe)
     with torch.no_grad():
-        mod(torch.randn(4, 128))
+        mod(torch.randn(16, 128))  # M = 16: the dispatcher's alignment rule (bench.precision.gemm)
     assert bool(calls) == expect
 
 
 def test_refit_quantizes_each_fp8_weight_once(trainer):
     g = make(trainer, "fp8_blockwise")
-    loads = {n: m.weight_loads for n, m in g.fp8_modules().items()}
+    loads = {n: m.weight_loads for n, m in g.quantized_modules().items()}
     g.generate(prompts(), 8, seed=0)
-    assert {n: m.weight_loads for n, m in g.fp8_modules().items()} == loads
+    assert {n: m.weight_loads for n, m in g.quantized_modules().items()} == loads
     g.refit(trainer)
-    assert all(m.weight_loads == loads[n] + 1 for n, m in g.fp8_modules().items())
+    assert all(m.weight_loads == loads[n] + 1 for n, m in g.quantized_modules().items())
 
 
-def test_keep_high_precision_by_default_patterns_predicate_and_config(trainer):
+def test_keep_high_precision_by_default_patterns_and_layers(trainer):
     g = make(trainer, "fp8_tensorwise")
     assert g.plan.high_precision_modules == ["lm_head"] and len(g.plan.fp8_modules) == CFG.n_layers * 7
     assert isinstance(g.model.lm_head, torch.nn.Linear)
-    model = Transformer(CFG)
-    fp8, kept = swap_linears_to_fp8(model, "fp8_tensorwise", ["*.attn.*", "lm_head"])
+    keep = {"patterns": ["*.attn.*", "lm_head"], "first_n_layers": 0, "last_n_layers": 0}
+    fp8, kept = select_fp8_modules(Transformer(CFG), keep)
     assert all(".mlp." in n for n in fp8) and len(kept) == CFG.n_layers * 4 + 1
-    fp8, _ = swap_linears_to_fp8(Transformer(CFG), "fp8_tensorwise", lambda n: not n.endswith("down"))
-    assert fp8 == [f"layers.{i}.mlp.down" for i in range(CFG.n_layers)]
+    g = make(trainer, {"name": "fp8_tensorwise", "keep_high_precision": keep})
+    assert sorted(g.quantized_modules()) == sorted(fp8)
     cfg = {"name": "fp8_blockwise", "keep_high_precision": {"patterns": ["lm_head"], "first_n_layers": 1}}
     g = make(trainer, cfg)
     assert all(n.startswith("layers.1.") for n in g.plan.fp8_modules)

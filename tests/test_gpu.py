@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bench.precision import RECIPES, ReferenceFP8Linear
-from bench.precision.linear import scaled_gemm
+from bench.precision.gemm import scaled_gemm
 from bench.precision.quantize import quantize
 
 pytestmark = pytest.mark.gpu

@@ -18,8 +18,10 @@ A high-precision `a` (a plain tensor: the weights-only W8A16 generator path) tak
 fp32 route: the weight-only kernels (e.g. Marlin-style FP8) dequantize the weight in registers
 and accumulate in fp32.
 
-_scaled_mm also needs M, N, K multiples of 16; where this device's kernel lacks a shape, a
-format pair (E5M2 × E5M2 on CUDA) or a scale layout, the fp32 route gives the same math.
+_scaled_mm is used where M, N and K are multiples of 16 (the FP8 tensor-core alignment; N and K
+are checked for every FP8 Linear before compute, the token count M varies, e.g. a decode step's
+batch); where it is not, or where this device's kernel lacks a format pair (E5M2 × E5M2 on
+CUDA) or a scale layout, the fp32 route gives the same math up to accumulation order.
 """
 from __future__ import annotations
 
