@@ -81,6 +81,12 @@ def te_recipe(r: ScalingRecipe):
     return out
 
 
+def device_facts(device: torch.device) -> tuple[tuple[int, int], str | None]:
+    """(compute capability, CUDA version) of `device`; (0, 0) off CUDA."""
+    cap = torch.cuda.get_device_capability(device) if device.type == "cuda" else (0, 0)
+    return tuple(cap), torch.version.cuda
+
+
 class TransformerEngine:
     """Transformer Engine modules under te.fp8_autocast with the mapped recipe; CUDA only."""
     name = "te"
@@ -96,8 +102,9 @@ class TransformerEngine:
         return None
 
     def unsupported(self, recipe: ScalingRecipe, device: torch.device, weights_only: bool = False) -> str | None:
-        cap = torch.cuda.get_device_capability(device) if device.type == "cuda" else (0, 0)
-        return te_unsupported(recipe, cap, torch.version.cuda)
+        if weights_only:
+            return "weights-only quantization is a generator setting"
+        return te_unsupported(recipe, *device_facts(device))
 
     def convert(self, model, plan) -> None:
         import transformer_engine.pytorch as te
