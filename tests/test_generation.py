@@ -300,3 +300,82 @@ def test_bad_inputs_are_named(trainer):
         Generator(ModelConfig(vocab_size=40, d_model=40, n_heads=4, d_ff=80), "fp8_tensorwise")
     with pytest.raises(ValueError, match="max_seq_len"):
         make(trainer).generate(prompts(), CFG.max_seq_len)
+
+
+@pytest.mark.parametrize("top_k,top_p", [(20, 1.0), (0, 0.9), (30, 0.8)])
+def test_kept_mask_lets_the_trainer_renormalise_over_the_sampled_set(trainer, top_k, top_p):
+    """IS weights need the behaviour policy: the trainer's log-probs renormalised over the kept
+    set, log p(y) − logsumexp_{v ∈ kept} log p(v), reproduce the generator's `logprobs` (same
+    precision, full recompute); the untruncated log-probs differ by −log(kept mass)."""
+    T = 0.8
+    ro = make(trainer, "fp32").generate(prompts(), 10, temperature=T, top_k=top_k, top_p=top_p, seed=0,
+                                        use_kv_cache=False)
+    assert ro.kept_mask.shape == (16, 10, CFG.vocab_size) and ro.kept_mask.dtype == torch.bool
+    m = ro.response_mask
+    with torch.no_grad():
+        logp = torch.log_softmax(trainer(ro.tokens[:, :-1])[:, P - 1:].double() / T, -1)
+    tok = ro.tokens[:, P:]
+    assert ro.kept_mask.gather(-1, tok[..., None])[..., 0][m].all()  # the sampled token was kept
+    kept_lse = torch.logsumexp(logp.masked_fill(~ro.kept_mask, float("-inf")), -1)
+    renorm = logp.gather(-1, tok[..., None])[..., 0] - kept_lse
+    assert (renorm - ro.logprobs.double())[m].abs().max() < 1e-5
+    assert (ro.logprobs - ro.logprobs_untruncated)[m].min() > 0  # truncation removed some mass
+    if top_k:
+        assert (ro.kept_mask.sum(-1)[m] <= top_k).all()
+
+
+def test_kept_mask_is_none_without_truncation(trainer):
+    g = make(trainer, "fp32")
+    assert g.generate(prompts(), 4, seed=0).kept_mask is None
+    assert g.generate(prompts(), 4, temperature=0.0, top_k=5).kept_mask is None  # greedy: nothing sampled
+
+
+def test_fp8_kv_saturation_counts_decode_writes_only():
+    """The prefill fixes the scales from its own amax, so it cannot saturate; its elements must
+    not dilute the fraction: 1 saturating decoded token of 1 → frac 1, whatever the prompt length."""
+    cache = KVCache(1, 1, 2, 40, 4, torch.float32, "cpu", fp8=True)
+    c = cache.layer(0)
+    k = torch.rand(1, 2, 32, 4)
+    c.update(k, k, 0)
+    assert cache.saturation_frac() == 0.0 and c.written == 0
+    big = torch.full((1, 2, 1, 4), 10.0)  # > the prefill amax (< 1): clipped in every element
+    c.update(big, big, 32)
+    assert cache.saturation_frac() == 1.0 and c.written == 2 * 2 * 4  # k and v of one token
+
+
+def test_kv_cache_headroom_is_a_generator_setting(trainer):
+    g = make(trainer, "bf16", kv_cache_dtype="fp8", kv_cache_headroom=4.0)
+    assert g.kv_headroom == 4.0
+    c = KVCache(1, 1, 2, 8, 4, torch.float32, "cpu", fp8=True, headroom=4.0).layer(0)
+    k = torch.rand(1, 2, 5, 4) + 0.5
+    c.update(k, k, 0)
+    # s = 448 / (headroom · amax), rounded down in fp32: the prefill amax lands just under 448 / 4
+    mapped = c.k_scale.flatten().double() * k.abs().amax(dim=(0, 2, 3)).double()
+    assert ((mapped <= 112.0) & (mapped > 112.0 * (1 - 2 ** -22))).all()
+    with pytest.raises(BadInput, match="kv_cache_headroom=0.5; valid: a number >= 1"):
+        Generator(CFG, "bf16", kv_cache_dtype="fp8", kv_cache_headroom=0.5)
+
+
+@pytest.mark.parametrize("recipe", FP8_RECIPES)
+def test_weights_only_w8a16_multiplies_compute_dtype_activations_by_the_fp8_weight(recipe):
+    """float64 reference: y = x_bf16 · ŵᵀ, ŵ the dequantized FP8 weight; activations unquantized."""
+    gen = torch.Generator().manual_seed(0)
+    lin = torch.nn.Linear(256, 128, bias=False)
+    torch.nn.init.normal_(lin.weight, generator=gen)
+    x = torch.randn(6, 256, generator=gen)
+    mod = InferenceLinear.from_linear(lin, recipe, weights_only=True)
+    w_hat = fake_quantize(lin.weight.detach(), recipe, "weight").double()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = mod(x)
+    ref = x.to(torch.bfloat16).double() @ w_hat.t()
+    assert y.dtype == torch.bfloat16
+    assert ((y.double() - ref).abs() <= ref.abs() * 2 ** -8 + 1e-3).all()  # bf16 output rounding
+    w8a8 = InferenceLinear.from_linear(lin, recipe)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not torch.equal(w8a8(x), y)  # W8A8 also quantizes the activations
+
+
+def test_generator_weights_only_config_plans_w8a16(trainer):
+    g = make(trainer, {"name": "fp8_rowwise", "weights_only": True})
+    assert g.plan.weights_only and g.plan.summary()["weights_only"] is True
+    assert all(m.weights_only for m in g.quantized_modules().values())
