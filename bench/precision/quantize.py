@@ -288,16 +288,30 @@ def quantize(x: torch.Tensor, recipe, role: str = "input", history: AmaxHistory 
     return fn(x, recipe, role, history)
 
 
+def can_clamp(recipe: ScalingRecipe) -> bool:
+    """Whether a cast with this recipe can clip finite elements whose tile amax is finite.
+    Current scaling (tensorwise, rowwise, blockwise) takes s from the tile's own amax rounded so
+    that amax·s <= max exactly (max_over, pow2_floor round down), and fl(|x|·s) <= fl(amax·s) by
+    monotonic rounding, so nothing clips; MX rceil picks X >= amax / max, likewise. Delayed
+    scaling (a stale history) and MX floor (amax lands in [256, 512)) can clip."""
+    return recipe.scaling == "delayed" or (recipe.scaling == "mx" and recipe.mx_scale_rounding == "floor")
+
+
 def quantize_fp8(x: torch.Tensor, recipe: ScalingRecipe, role: str, history: AmaxHistory | None) -> Quantized:
     """The FP8 scalings of this module: q = cast(clamp(x·s, −max, max)), all arithmetic in fp32
-    whatever x's dtype; counts the clamped elements on the way (no extra host sync)."""
+    whatever x's dtype. Counts the clamped finite elements on the way (a device tensor, no host
+    sync) where the recipe can clip at all (`can_clamp`); elsewhere the count is 0 by
+    construction and costs no pass over x. The one exception there is a tile whose amax is
+    non-finite (s = 1, module docstring): its finite elements above max clip uncounted, on a
+    step whose GEMM output is already non-finite, which the nonfinite detector reports."""
     fmt = FORMATS[recipe.format_for(role)]
     xf = x.detach().float()
     s, tile = scale_for(xf, recipe, role, history)
     xs = xf * (s if tile is None else _expand(s, tile, xf.shape))
     xq = xs.clamp(-fmt.max, fmt.max)
     bad = ~torch.isfinite(xf)  # bypass the clamp (module docstring): inf must not become ±max
-    clamped = ((xs.abs() > fmt.max) & ~bad).sum()
+    clamped = (((xs.abs() > fmt.max) & ~bad).sum() if can_clamp(recipe)
+               else torch.zeros((), dtype=torch.long, device=xf.device))
     xq = torch.where(bad, xs if fmt.has_inf else torch.full_like(xs, float("nan")), xq)
     return Quantized(data=xq.to(fmt.dtype), scale=s.float(), tile=tile, fmt=fmt, clamped=clamped)
 
