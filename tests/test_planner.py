@@ -224,3 +224,15 @@ def test_reference_linear_accumulates_counts_per_role_over_forward_and_backward(
     c, n = counts["input"]
     assert n == 16 * 64 and int(c) == int((x.detach().abs() * 448.0 / 1e-3 > 448.0).sum())
     assert mod.pop_clamp_counts() == {}  # reset after reading
+
+
+def test_eval_forwards_are_not_counted_as_a_training_steps_casts():
+    from bench.precision.linear import ReferenceFP8Linear
+
+    mod = ReferenceFP8Linear.from_linear(nn.Linear(64, 32, bias=False), "fp8_delayed", "l")
+    mod.hist["input"].update(torch.tensor(1e-3))
+    with torch.no_grad():
+        mod(torch.randn(16, 64))
+    mod.eval()
+    mod(torch.randn(16, 64))
+    assert mod.pop_clamp_counts() == {}

@@ -23,9 +23,9 @@ GEMMs: bench.precision.gemm.scaled_gemm, the one dispatcher the generator uses t
 (torch._scaled_mm where the scales factor out of the dot products, else dequantized operands in
 fp32; fast accumulation only in the CUDA forward, where its lower-precision accumulator is
 tolerated). Bias is added in fp32 after the GEMM (a fused epilogue), never quantized.
-Overflow accounting: every cast (the three roles in forward and backward, and the backward
-re-quantizations) adds its clamped-element count to a device counter per role, with no host
-sync; `pop_clamp_counts` hands them to the monitor once per step, so a saturating cast is seen
+Overflow accounting: every cast of a training step (the three roles in forward and backward,
+and the backward re-quantizations; not eval or no-grad forwards, whose casts belong to no
+optimizer step) adds its clamped-element count to a device counter per role, with no host sync; `pop_clamp_counts` hands them to the monitor once per step, so a saturating cast is seen
 on the step it happens, not only on the monitor's sampled steps.
 Delayed-scaling histories move only in training (module.training and grad enabled in forward;
 every backward), so evaluation and no-grad rollouts never change the scales. Activation
@@ -168,8 +168,10 @@ class ReferenceFP8Linear(nn.Module):
         history's scale and then (update after use) record this amax; report to the observer."""
         hist = self.hist[role] if self.hist is not None else None
         q = quantize(x, self.recipe, role, history=hist)
-        self._count(role, q, x.numel())
-        if hist is not None and (role == "grad_output" or self._record_amax):
+        training = role == "grad_output" or self._record_amax
+        if training:  # eval and rollout-scoring forwards are not a training step's casts
+            self._count(role, q, x.numel())
+        if hist is not None and training:
             hist.update(tile_amax(x.detach().float(), None), used_scale=q.scale)
         if self.observer is not None:
             self.observer(self.name, role, quant_stats(x, q))
