@@ -123,6 +123,8 @@ def R(**kw):
     (R(name="mxfp8"), (9, 0), "12.8", "compute capability 10.0+, this GPU is 9.0"),
     (R(name="mxfp8", mx_scale_rounding="floor"), (10, 0), "12.8", "mx_scale_rounding=floor"),
     (R(name="mxfp8", mx_block=16), (10, 0), "12.8", "mx_block=16"),
+    (R(name="mxfp8"), None, None, None),  # no device in question: the recipe alone
+    (R(name="mxfp8", mx_scale_rounding="floor"), None, None, "mx_scale_rounding=floor"),
 ])
 def test_te_runs_a_recipe_exactly_as_configured_or_refuses_in_one_line(recipe, cap, cuda, match):
     why = te_unsupported(recipe, cap, cuda)

@@ -37,7 +37,9 @@ class Engine:
     def unavailable(self, device: torch.device) -> str | None:
         return None
 
-    def unsupported(self, recipe: ScalingRecipe, device: torch.device, weights_only: bool = False) -> str | None:
+    def unsupported(self, recipe: ScalingRecipe, device: torch.device | None = None, weights_only: bool = False
+                    ) -> str | None:
+        """device None: whether the recipe alone is supported (device rules not checked)."""
         return "weights-only quantization is a generator setting" if weights_only else None
 
     def convert(self, model, plan) -> None:
@@ -80,7 +82,7 @@ class TorchAOEngine(Engine):
             return f"torchao does not import ({type(e).__name__}: {e})"
         return None
 
-    def unsupported(self, recipe, device, weights_only=False):
+    def unsupported(self, recipe, device=None, weights_only=False):
         if recipe.scaling not in self.SCALINGS:
             return f"torchao float8 training has no {recipe.scaling} scaling (has: {', '.join(self.SCALINGS)})"
         if recipe.scaling == "tensorwise" and (recipe.fwd_format, recipe.grad_format) != ("e4m3", "e5m2"):
@@ -107,7 +109,7 @@ class InferenceEngine(Engine):
     name = "inference"
     sides = ("generator",)
 
-    def unsupported(self, recipe, device, weights_only=False):
+    def unsupported(self, recipe, device=None, weights_only=False):
         return None
 
     def convert(self, model, plan):

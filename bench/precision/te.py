@@ -34,8 +34,9 @@ def _version(v: str | None) -> tuple[int, ...]:
     return tuple(int(p) for p in v.split(".")[:2]) if v else (0, 0)
 
 
-def te_unsupported(r: ScalingRecipe, capability: tuple[int, int], cuda_version: str | None) -> str | None:
-    """Why TE cannot run `r` exactly as configured on this GPU, or None. One line, naming the knob."""
+def te_unsupported(r: ScalingRecipe, capability: tuple[int, int] | None, cuda_version: str | None) -> str | None:
+    """Why TE cannot run `r` exactly as configured on this GPU, or None. One line, naming the knob.
+    capability None: the recipe alone (no device in question)."""
     if r.scaling not in MIN_CAPABILITY:
         return f"Transformer Engine has no {r.scaling} scaling (has: {', '.join(MIN_CAPABILITY)})"
     if r.fwd_format != "e4m3":
@@ -52,6 +53,8 @@ def te_unsupported(r: ScalingRecipe, capability: tuple[int, int], cuda_version: 
     if r.scaling == "mx" and r.mx_scale_rounding != "rceil":
         return f"Transformer Engine MXFP8 computes rceil scales only (mx_scale_rounding={r.mx_scale_rounding})"
     need = MIN_CAPABILITY[r.scaling]
+    if capability is None:
+        return None
     if tuple(capability) < need:
         return (f"Transformer Engine {r.scaling} needs compute capability {need[0]}.{need[1]}+, "
                 f"this GPU is {capability[0]}.{capability[1]}")
@@ -81,8 +84,10 @@ def te_recipe(r: ScalingRecipe):
     return out
 
 
-def device_facts(device: torch.device) -> tuple[tuple[int, int], str | None]:
-    """(compute capability, CUDA version) of `device`; (0, 0) off CUDA."""
+def device_facts(device: torch.device | None) -> tuple[tuple[int, int] | None, str | None]:
+    """(compute capability, CUDA version) of `device`; (0, 0) off CUDA; (None, None) for no device."""
+    if device is None:
+        return None, None
     cap = torch.cuda.get_device_capability(device) if device.type == "cuda" else (0, 0)
     return tuple(cap), torch.version.cuda
 
@@ -101,7 +106,8 @@ class TransformerEngine:
             return f"transformer_engine does not import ({type(e).__name__})"
         return None
 
-    def unsupported(self, recipe: ScalingRecipe, device: torch.device, weights_only: bool = False) -> str | None:
+    def unsupported(self, recipe: ScalingRecipe, device: torch.device | None = None, weights_only: bool = False
+                    ) -> str | None:
         if weights_only:
             return "weights-only quantization is a generator setting"
         return te_unsupported(recipe, *device_facts(device))
