@@ -201,6 +201,7 @@ def test_every_cast_counts_its_clamped_elements_excluding_nonfinite_ones():
     h_amax = 1.0
     x = torch.randn(8, 64, dtype=torch.float64) * 3
     x[0, 0], x[1, 1] = float("inf"), float("nan")
+    x[2, 2] = 1e38  # finite, but x·s overflows fp32 to inf: still one clamped element
     r = RECIPES["fp8_delayed"]
     from bench.precision.quantize import AmaxHistory
 

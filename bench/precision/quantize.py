@@ -310,7 +310,11 @@ def quantize_fp8(x: torch.Tensor, recipe: ScalingRecipe, role: str, history: Ama
     xs = xf * (s if tile is None else _expand(s, tile, xf.shape))
     xq = xs.clamp(-fmt.max, fmt.max)
     bad = ~torch.isfinite(xf)  # bypass the clamp (module docstring): inf must not become ±max
-    clamped = (((xs.abs() > fmt.max) & ~bad).sum() if can_clamp(recipe)
+    # Clamped finite elements = elements the clamp changed, minus the non-finite ones (a NaN
+    # compares unequal to itself, an inf is clamped to ±max): one pass over x instead of an
+    # |x·s| > max test masked by finiteness. A finite x·s that overflowed fp32 to ±inf counts
+    # as clamped, which it is.
+    clamped = ((xq != xs).sum() - bad.sum() if can_clamp(recipe)
                else torch.zeros((), dtype=torch.long, device=xf.device))
     xq = torch.where(bad, xs if fmt.has_inf else torch.full_like(xs, float("nan")), xq)
     return Quantized(data=xq.to(fmt.dtype), scale=s.float(), tile=tile, fmt=fmt, clamped=clamped)
