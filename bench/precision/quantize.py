@@ -245,6 +245,12 @@ def scale_for(x: torch.Tensor, recipe: ScalingRecipe, role: str, history: AmaxHi
               ) -> tuple[torch.Tensor, Tile | None]:
     """The compact fp32 scale and its tile for quantizing x [rows, K] in this role. Reads but
     never writes `history`; no host synchronisation."""
+    s, tile, _ = _scale_and_amax(x, recipe, role, history)
+    return s, tile
+
+
+def _scale_and_amax(x: torch.Tensor, recipe: ScalingRecipe, role: str, history: AmaxHistory | None):
+    """scale_for, plus the tile amaxes it computed on the way (compact layout, like the scale)."""
     fmt = FORMATS[recipe.format_for(role)]
     tile = tile_shape(recipe, role, tuple(x.shape))
     amax = tile_amax(x, tile)
@@ -254,10 +260,10 @@ def scale_for(x: torch.Tensor, recipe: ScalingRecipe, role: str, history: AmaxHi
         else:
             chosen = torch.where(history.count == 0, amax.float(), history.chosen_amax())
             s = history.scale_from(chosen, fmt, recipe.eps)
-        return (pow2_floor(s) if recipe.pow2_scales else s), None
+        return (pow2_floor(s) if recipe.pow2_scales else s), None, amax
     if recipe.scaling == "mx":
-        return mx_scale(amax, fmt, recipe.mx_scale_rounding), tile
-    return current_scale(amax, fmt, recipe), tile
+        return mx_scale(amax, fmt, recipe.mx_scale_rounding), tile, amax
+    return current_scale(amax, fmt, recipe), tile, amax
 
 
 QuantizerFn = Callable[[torch.Tensor, ScalingRecipe, str, "AmaxHistory | None"], Quantized]
@@ -299,25 +305,37 @@ def can_clamp(recipe: ScalingRecipe) -> bool:
 
 def quantize_fp8(x: torch.Tensor, recipe: ScalingRecipe, role: str, history: AmaxHistory | None) -> Quantized:
     """The FP8 scalings of this module: q = cast(clamp(x·s, −max, max)), all arithmetic in fp32
-    whatever x's dtype. Counts the clamped finite elements on the way (a device tensor, no host
-    sync) where the recipe can clip at all (`can_clamp`); elsewhere the count is 0 by
-    construction and costs no pass over x. The one exception there is a tile whose amax is
-    non-finite (s = 1, module docstring): its finite elements above max clip uncounted, on a
-    step whose GEMM output is already non-finite, which the nonfinite detector reports."""
+    whatever x's dtype, and `clamped`, the count of finite elements the clamp changed."""
     fmt = FORMATS[recipe.format_for(role)]
     xf = x.detach().float()
-    s, tile = scale_for(xf, recipe, role, history)
+    s, tile, amax = _scale_and_amax(xf, recipe, role, history)
     xs = xf * (s if tile is None else _expand(s, tile, xf.shape))
     xq = xs.clamp(-fmt.max, fmt.max)
     bad = ~torch.isfinite(xf)  # bypass the clamp (module docstring): inf must not become ±max
-    # Clamped finite elements = elements the clamp changed, minus the non-finite ones (a NaN
-    # compares unequal to itself, an inf is clamped to ±max): one pass over x instead of an
-    # |x·s| > max test masked by finiteness. A finite x·s that overflowed fp32 to ±inf counts
-    # as clamped, which it is.
-    clamped = ((xq != xs).sum() - bad.sum() if can_clamp(recipe)
-               else torch.zeros((), dtype=torch.long, device=xf.device))
+    clamped = _clamped(xf, xs, xq, bad, s, amax, fmt, recipe)
     xq = torch.where(bad, xs if fmt.has_inf else torch.full_like(xs, float("nan")), xq)
     return Quantized(data=xq.to(fmt.dtype), scale=s.float(), tile=tile, fmt=fmt, clamped=clamped)
+
+
+def _clamped(xf, xs, xq, bad, s, amax, fmt, recipe) -> torch.Tensor:
+    """Finite elements with |x·s| > max, as a 0-d long tensor, at the least cost that stays exact:
+      * 0 where the recipe cannot clip (`can_clamp`), with no pass over x. The one exception is
+        a tile whose amax is non-finite (s = 1, module docstring): its finite elements above max
+        clip uncounted, on a step whose GEMM output is non-finite anyway (the nonfinite event).
+      * on CPU, where reading a value costs no device synchronisation, 0 unless some tile has
+        fl(amax·s) > max or a non-finite amax: fl(|x|·s) <= fl(amax·s) by monotonic rounding, so
+        a tile clips exactly when its own maximum does (the products are the ones xs holds);
+      * else one pass: the elements the clamp changed minus the non-finite ones (a NaN compares
+        unequal to itself, an inf is clamped to ±max). A finite x·s that overflowed fp32 to ±inf
+        counts as clamped, which it is. No host sync: GPUs keep the count on device."""
+    zero = torch.zeros((), dtype=torch.long, device=xf.device)
+    if not can_clamp(recipe):
+        return zero
+    if xf.device.type == "cpu":
+        a = amax.float()
+        if not bool(((a * s > fmt.max) | ~torch.isfinite(a)).any()):
+            return zero
+    return (xq != xs).sum() - bad.sum()
 
 
 for _scaling in SCALINGS:
