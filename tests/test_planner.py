@@ -239,3 +239,18 @@ def test_eval_forwards_are_not_counted_as_a_training_steps_casts():
     mod.eval()
     mod(torch.randn(16, 64))
     assert mod.pop_clamp_counts() == {}
+
+
+@pytest.mark.parametrize("top,expect", [(1.0, 0), (float(torch.nextafter(torch.tensor(1.0), torch.tensor(2.0))), 1)])
+def test_clamp_count_at_the_format_max_boundary(top, expect):
+    """s = 448 from a history amax of 1: x = 1 lands exactly on max (not clamped), the next fp32
+    above it lands above max (clamped): the count follows the fp32 product the cast computes."""
+    from bench.precision.quantize import AmaxHistory
+
+    r = RECIPES["fp8_delayed"]
+    h = AmaxHistory(r.amax_history_len)
+    h.update(torch.tensor(1.0))
+    x = torch.tensor([[0.5, top, -0.25, 0.0] * 4])
+    q = quantize(x, r, "input", history=h)
+    assert float(q.scale) == 448.0
+    assert int(q.clamped) == expect == int(((x.double() * 448.0).abs() > 448.0).sum())

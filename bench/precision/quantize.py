@@ -49,6 +49,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -328,14 +329,29 @@ def _clamped(xf, xs, xq, bad, s, amax, fmt, recipe) -> torch.Tensor:
       * else one pass: the elements the clamp changed minus the non-finite ones (a NaN compares
         unequal to itself, an inf is clamped to ±max). A finite x·s that overflowed fp32 to ±inf
         counts as clamped, which it is. No host sync: GPUs keep the count on device."""
-    zero = torch.zeros((), dtype=torch.long, device=xf.device)
+    zero = _zero(xf.device)
     if not can_clamp(recipe):
         return zero
     if xf.device.type == "cpu":
-        a = amax.float()
-        if not bool(((a * s > fmt.max) | ~torch.isfinite(a)).any()):
-            return zero
+        if amax.dim() == 0:  # per tensor: the fp32 product of two scalars, without tensor ops
+            a = np.float32(amax.item())
+            if np.isfinite(a) and not a * np.float32(s.item()) > fmt.max:
+                return zero
+        else:
+            a = amax.float()
+            if not bool(((a * s > fmt.max) | ~torch.isfinite(a)).any()):
+                return zero
     return (xq != xs).sum() - bad.sum()
+
+
+_ZEROS: dict[torch.device, torch.Tensor] = {}
+
+
+def _zero(device: torch.device) -> torch.Tensor:
+    """A shared 0-d long zero per device (never written in place: counts are summed out of place)."""
+    if device not in _ZEROS:
+        _ZEROS[device] = torch.zeros((), dtype=torch.long, device=device)
+    return _ZEROS[device]
 
 
 for _scaling in SCALINGS:
