@@ -250,7 +250,7 @@ def test_clamp_count_at_the_format_max_boundary(top, expect):
     r = RECIPES["fp8_delayed"]
     h = AmaxHistory(r.amax_history_len)
     h.update(torch.tensor(1.0))
-    x = torch.tensor([[0.5, top, -0.25, 0.0] * 4])
+    x = torch.tensor([[0.5, top, -0.25] + [0.0] * 13])
     q = quantize(x, r, "input", history=h)
     assert float(q.scale) == 448.0
     assert int(q.clamped) == expect == int(((x.double() * 448.0).abs() > 448.0).sum())
