@@ -46,8 +46,9 @@ def monitor_overhead(recipe: str = "fp8_delayed", engine: str = "reference", rou
     rows = {"uncounted": 0, "off": 0, "default": interval}
     plain: dict[str, list[float]] = {k: [] for k in rows}
     excess: list[float] = []
-    for _ in range(rounds):
-        for label, iv in rows.items():
+    for i in range(rounds):
+        order = list(rows.items())
+        for label, iv in (order if i % 2 == 0 else order[::-1]):  # alternate: no row always runs first
             qmod.can_clamp = (lambda r: False) if label == "uncounted" else real_can_clamp
             try:
                 t = train_row(a, cfg, torch.device("cpu"), recipe, engine, False, iv)["step_s"]
