@@ -241,7 +241,8 @@ def test_eval_forwards_are_not_counted_as_a_training_steps_casts():
     assert mod.pop_clamp_counts() == {}
 
 
-@pytest.mark.parametrize("top,expect", [(1.0, 0), (float(torch.nextafter(torch.tensor(1.0), torch.tensor(2.0))), 1)])
+@pytest.mark.parametrize("top,expect", [(1.0, 0), (float(torch.nextafter(torch.tensor(1.0), torch.tensor(2.0))), 1),
+                                        (1e38, 1)])  # x·s overflows fp32 to inf: clamped
 def test_clamp_count_at_the_format_max_boundary(top, expect):
     """s = 448 from a history amax of 1: x = 1 lands exactly on max (not clamped), the next fp32
     above it lands above max (clamped): the count follows the fp32 product the cast computes."""

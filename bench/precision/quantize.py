@@ -323,24 +323,30 @@ def _clamped(xf, xs, xq, bad, s, amax, fmt, recipe) -> torch.Tensor:
       * 0 where the recipe cannot clip (`can_clamp`), with no pass over x. The one exception is
         a tile whose amax is non-finite (s = 1, module docstring): its finite elements above max
         clip uncounted, on a step whose GEMM output is non-finite anyway (the nonfinite event).
-      * on CPU, where reading a value costs no device synchronisation, 0 unless some tile has
-        fl(amax·s) > max or a non-finite amax: fl(|x|·s) <= fl(amax·s) by monotonic rounding, so
-        a tile clips exactly when its own maximum does (the products are the ones xs holds);
-      * else one pass: the elements the clamp changed minus the non-finite ones (a NaN compares
-        unequal to itself, an inf is clamped to ±max). A finite x·s that overflowed fp32 to ±inf
-        counts as clamped, which it is. No host sync: GPUs keep the count on device."""
+      * on CPU, where reading a value costs no device synchronisation: 0 unless some tile has
+        fl(amax·s) > max (fl(|x|·s) <= fl(amax·s) by monotonic rounding, so a tile clips exactly
+        when its own maximum does; the products are the ones xs holds). With every amax finite,
+        x holds no NaN/inf and the count is Σ |sign(x·s − clamp(x·s))| in floats (a clamped
+        element differs from ±max, an fp32 overflow to ±inf gives ±inf: both count 1), summed
+        in fp32 while that is exact (< 2^24 elements), a vectorised pass ~3x cheaper than
+        counting a boolean mask on CPU.
+      * else (GPU, or a non-finite amax): the elements the clamp changed minus the non-finite
+        ones (NaN compares unequal to itself, an inf is clamped to ±max). No host sync."""
     zero = _zero(xf.device)
     if not can_clamp(recipe):
         return zero
     if xf.device.type == "cpu":
         if amax.dim() == 0:  # per tensor: the fp32 product of two scalars, without tensor ops
             a = np.float32(amax.item())
-            if np.isfinite(a) and not a * np.float32(s.item()) > fmt.max:
-                return zero
+            finite, clips = bool(np.isfinite(a)), bool(a * np.float32(s.item()) > fmt.max)
         else:
             a = amax.float()
-            if not bool(((a * s > fmt.max) | ~torch.isfinite(a)).any()):
-                return zero
+            finite, clips = bool(torch.isfinite(a).all()), bool((a * s > fmt.max).any())
+        if finite and not clips:
+            return zero
+        if finite:
+            acc = torch.float32 if xs.numel() < 2 ** 24 else torch.float64
+            return (xs - xq).sign_().abs_().sum(dtype=acc).long()
     return (xq != xs).sum() - bad.sum()
 
 
