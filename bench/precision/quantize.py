@@ -338,7 +338,8 @@ def _clamped(xf, xs, xq, bad, s, amax, fmt, recipe) -> torch.Tensor:
     if xf.device.type == "cpu":
         if amax.dim() == 0:  # per tensor: the fp32 product of two scalars, without tensor ops
             a = np.float32(amax.item())
-            finite, clips = bool(np.isfinite(a)), bool(a * np.float32(s.item()) > fmt.max)
+            with np.errstate(over="ignore"):  # an fp32 product overflowing to inf clips, as in xs
+                finite, clips = bool(np.isfinite(a)), bool(a * np.float32(s.item()) > fmt.max)
         else:
             a = amax.float()
             finite, clips = bool(torch.isfinite(a).all()), bool((a * s > fmt.max).any())
