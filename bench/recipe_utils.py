@@ -1,12 +1,11 @@
-"""Helpers the recipe entry points share: CLI override checks and the start-up precision print."""
+"""Helpers the recipe entry points share: CLI override checks. The start-up precision print is
+bench.precision.plan.print_precision_state (re-exported here for the entry points)."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-import torch
-from rich.console import Console
-from rich.table import Table
+from bench.precision.plan import print_precision_state  # noqa: F401  (moved; entry points import it here)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -30,21 +29,3 @@ def check_overrides(recipe: str, argv: list[str] | None = None) -> None:
     except BadInput as e:
         print(f"fp8bench: error: {e}", file=sys.stderr)
         sys.exit(2)
-
-
-def print_precision_state(plans: dict, model: torch.nn.Module, device: torch.device) -> None:
-    """What runs in which dtype, through which engine, on which device: printed at start-up."""
-    table = Table(title=f"precision state on {device}", show_lines=False)
-    for col in ("side", "recipe", "engine", "FP8 Linears", "high-precision Linears", "compute dtype"):
-        table.add_column(col)
-    from bench.precision.mixed import compute_dtype
-
-    for side, plan in plans.items():
-        r = plan.recipe
-        fp8 = f"{len(plan.fp8_modules)} ({r.scaling}: {r.fwd_format}/{r.grad_format})" if r else "0"
-        hp = ", ".join(plan.high_precision_modules) if r else "all"
-        table.add_row(side, plan.name, plan.engine, fp8, hp, str(compute_dtype(plan.name)).replace("torch.", ""))
-    n = sum(p.numel() for p in model.parameters())
-    Console(width=160).print(table)
-    print(f"master weights and optimizer state: fp32 ({n / 1e6:.2f}M parameters); logits and "
-          f"log-softmax: fp32; norms and RoPE: fp32", flush=True)

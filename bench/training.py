@@ -18,8 +18,9 @@ from bench import distributed
 from bench.errors import BadInput
 from bench.numerics.monitor import NumericsMonitor
 from bench.numerics.policy import Decision, InstabilityPolicy
-from bench.precision.engines import PrecisionPlan, fallback_to_high_precision
+from bench.events import Event
 from bench.precision.mixed import autocast_context
+from bench.precision.plan import PrecisionPlan
 
 
 @dataclass
@@ -96,14 +97,14 @@ class Trainer:
             grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         scaler_overflow = self.scaler.is_enabled() and not math.isfinite(grad_norm)
         numerics = self.monitor.collect()
-        detections = self.policy.numerics_detections(self.monitor.records) if numerics else []
+        detections = self.numerics_detections(bool(numerics))
         loss_value = distributed.mean(loss_value, self.dist)  # the global batch's loss on every rank
         decision = self.policy.check(step, loss_value, None if scaler_overflow else grad_norm,
                                      self.monitor.nonfinite_count(), detections)
         decision = distributed.from_main(decision, self.dist)
         if scaler_overflow:  # fp16: the scaler skips the update and backs the scale off
-            self.emit({"step": step, "kind": "skip_step", "where": "loss_scaler", "value": float("inf"),
-                       "threshold": float(self.scaler.get_scale()), "action": "skip_step"})
+            self.emit(Event(step, "skip_step", "loss_scaler", float("inf"), float(self.scaler.get_scale()),
+                            "skip_step").to_dict())
         lr = self.opt.param_groups[0]["lr"]
         if decision.skip or decision.halt:
             self.opt.zero_grad(set_to_none=True)
@@ -114,9 +115,8 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
         self.sched.step()
         for name in decision.fallback:
-            if fallback_to_high_precision(self.model, self.plan, name):
-                self.emit({"step": step, "kind": "fallback", "where": name, "value": 1.0, "threshold": 0.0,
-                           "action": "fallback"})
+            if self.plan.fallback(self.model, name, step):  # recorded in plan.summary() with its step
+                self.emit(Event(step, "fallback", name, 1.0, 0.0, "fallback").to_dict())
         if decision.fallback:
             self.monitor.attach()
         dt = time.perf_counter() - t0
@@ -127,6 +127,19 @@ class Trainer:
             metrics["train/loss_scale"] = float(self.scaler.get_scale())
         return metrics, decision
 
+    def numerics_detections(self, sampled: bool) -> list[tuple[str, str, str, float]]:
+        """(kind, module, role, value) above the policy's thresholds. Overflow: every step, from
+        the clamp counts of every FP8 cast (one host sync); on sampled steps also from the
+        statistics of tensors whose casts are not counted (torchao/TE modules). Underflow: from
+        the statistics, sampled steps only."""
+        clamped = self.monitor.clamp_fracs()
+        over = self.policy.threshold("overflow")
+        out = [("overflow", m, r, v) for (m, r), v in clamped.items() if v > over]
+        if sampled:
+            out += [d for d in self.policy.numerics_detections(self.monitor.records)
+                    if d[0] != "overflow" or (d[1], d[2]) not in clamped]
+        return out
+
     def state_dict(self) -> dict:
         """Everything resume needs. Under FSDP2 a collective: full state gathered onto rank 0."""
         sharded = distributed.is_sharded(self.model)
@@ -136,11 +149,14 @@ class Trainer:
             model_sd, opt_sd = self.model.state_dict(), self.opt.state_dict()
         return {"model": model_sd, "opt": opt_sd, "opt_format": "fqn" if sharded else "ids",
                 "sched": self.sched.state_dict(), "scaler": self.scaler.state_dict(), "policy": self.policy.state_dict(),
-                "fallbacks": [n for n in self.plan.high_precision_modules]}
+                "fallbacks": dict(self.plan.fallbacks)}
 
     def load_state_dict(self, s: dict) -> None:
-        for name in s.get("fallbacks", []):  # modules that fell back before the checkpoint stay bf16
-            fallback_to_high_precision(self.model, self.plan, name)
+        fallbacks = s["fallbacks"]  # modules that fell back before the checkpoint stay bf16
+        if isinstance(fallbacks, list):  # checkpoints before fallbacks carried their step
+            fallbacks = {n: -1 for n in fallbacks}
+        for name, at in fallbacks.items():
+            self.plan.fallback(self.model, name, at)
         self.monitor.attach()
         sharded, fqn = distributed.is_sharded(self.model), s.get("opt_format", "ids") == "fqn"
         if sharded != fqn:  # optimizer state keyed by parameter name (FSDP) vs by index (plain/DDP)

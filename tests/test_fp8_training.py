@@ -88,3 +88,25 @@ def test_reference_and_torchao_agree(scaling):
     assert rel(yr, ya) < 1e-6
     assert rel(xr.grad, xa.grad) < 1e-6
     assert rel(lin.weight.grad, ao[0].weight.grad) < 1e-6
+
+
+def test_delayed_scaling_overflow_is_an_event_on_the_step_it_happens_between_sampled_steps(tmp_path):
+    """monitor.interval=25 samples steps 0 and 25 only; the outlier appears at step 6. The clamp
+    counts of every cast make it an overflow event at step 6 anyway (issue 11, defect 8)."""
+    args = TINY + ["stress=outlier", "stress.module=layers.1.mlp.down", "stress.from_step=6", "stress.growth=1.0",
+                   "monitor.interval=25", "steps=8", "eval_every=8", "precision=fp8_delayed",
+                   "precision.engine=reference", f"run_dir={tmp_path}"]
+    assert run_in_process("pretrain", args) == 0
+    ev = [(e["kind"], e["where"], e["step"]) for e in read_jsonl(tmp_path / "events.jsonl")]
+    assert ("overflow", "layers.1.mlp.down/input", 6) in ev
+    m = read_jsonl(tmp_path / "metrics.jsonl")
+    assert "numerics/overflow_frac_max" not in m[6]  # the full statistics stay on sampled steps
+
+
+def test_mxfp8_default_rounding_does_not_fall_back_at_step_0(tmp_path):
+    """With `floor` Gaussian data saturates ~0.9 % of MX elements by design and policy=fallback
+    switched every FP8 Linear back to bf16 at step 0; `rceil` (the default) never saturates."""
+    args = TINY + ["precision=mxfp8", "precision.engine=reference", "policy=fallback", "monitor.interval=1",
+                   "steps=2", "eval_every=2", f"run_dir={tmp_path}"]
+    assert run_in_process("pretrain", args) == 0
+    assert not [e for e in read_jsonl(tmp_path / "events.jsonl") if e["kind"] in ("fallback", "overflow")]

@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from bench.errors import BadInput
-from bench.generation import FP8InferenceLinear, Generator, KVCache, swap_linears_to_fp8, truncate_logits
+from bench.generation import Generator, KVCache, truncate_logits
 from bench.model import ModelConfig, Transformer, token_logprobs
 from bench.precision import fake_quantize
+from bench.precision.inference import InferenceLinear
+from bench.precision.plan import select_fp8_modules
 from bench.precision.mixed import autocast_context
 from bench.rl.mismatch import mismatch_metrics
 
@@ -236,7 +238,7 @@ def test_w8a8_linear_matches_the_fake_quantized_gemm(recipe):
     lin = torch.nn.Linear(256, 384, bias=False)
     torch.nn.init.normal_(lin.weight, generator=gen)
     x = torch.randn(5, 3, 256, generator=gen)
-    mod = FP8InferenceLinear.from_linear(lin, recipe)
+    mod = InferenceLinear.from_linear(lin, recipe)
     # fake_quantize's fp8_delayed is a first step (current amax): what inference, with no history, runs.
     ref = fake_quantize(x.reshape(-1, 256), recipe, "input") @ fake_quantize(lin.weight.detach(), recipe, "weight").t()
     with torch.no_grad():
@@ -250,7 +252,7 @@ def test_w8a8_linear_matches_the_fake_quantized_gemm(recipe):
 
 def test_fp8_delayed_runs_as_current_scaling_with_its_margin_at_inference():
     lin = torch.nn.Linear(128, 128, bias=False)
-    mod = FP8InferenceLinear.from_linear(lin, {"name": "fp8_delayed", "margin": 2})
+    mod = InferenceLinear.from_linear(lin, {"name": "fp8_delayed", "margin": 2})
     assert torch.allclose(mod.w_scale, 448 / lin.weight.detach().abs().amax() / 4)
     assert not hasattr(mod, "hist")  # no amax history: nothing to update, nothing shared
 
@@ -260,30 +262,30 @@ def test_scaled_mm_runs_the_gemms_whose_scales_factor_out(monkeypatch, recipe, e
     calls = []
     real = torch._scaled_mm
     monkeypatch.setattr(torch, "_scaled_mm", lambda *a, **k: calls.append(1) or real(*a, **k))
-    mod = FP8InferenceLinear.from_linear(torch.nn.Linear(128, 128, bias=False), recipe)
+    mod = InferenceLinear.from_linear(torch.nn.Linear(128, 128, bias=False), recipe)
     with torch.no_grad():
-        mod(torch.randn(4, 128))
+        mod(torch.randn(16, 128))  # M = 16: the dispatcher's alignment rule (bench.precision.gemm)
     assert bool(calls) == expect
 
 
 def test_refit_quantizes_each_fp8_weight_once(trainer):
     g = make(trainer, "fp8_blockwise")
-    loads = {n: m.weight_loads for n, m in g.fp8_modules().items()}
+    loads = {n: m.weight_loads for n, m in g.quantized_modules().items()}
     g.generate(prompts(), 8, seed=0)
-    assert {n: m.weight_loads for n, m in g.fp8_modules().items()} == loads
+    assert {n: m.weight_loads for n, m in g.quantized_modules().items()} == loads
     g.refit(trainer)
-    assert all(m.weight_loads == loads[n] + 1 for n, m in g.fp8_modules().items())
+    assert all(m.weight_loads == loads[n] + 1 for n, m in g.quantized_modules().items())
 
 
-def test_keep_high_precision_by_default_patterns_predicate_and_config(trainer):
+def test_keep_high_precision_by_default_patterns_and_layers(trainer):
     g = make(trainer, "fp8_tensorwise")
     assert g.plan.high_precision_modules == ["lm_head"] and len(g.plan.fp8_modules) == CFG.n_layers * 7
     assert isinstance(g.model.lm_head, torch.nn.Linear)
-    model = Transformer(CFG)
-    fp8, kept = swap_linears_to_fp8(model, "fp8_tensorwise", ["*.attn.*", "lm_head"])
+    keep = {"patterns": ["*.attn.*", "lm_head"], "first_n_layers": 0, "last_n_layers": 0}
+    fp8, kept = select_fp8_modules(Transformer(CFG), keep)
     assert all(".mlp." in n for n in fp8) and len(kept) == CFG.n_layers * 4 + 1
-    fp8, _ = swap_linears_to_fp8(Transformer(CFG), "fp8_tensorwise", lambda n: not n.endswith("down"))
-    assert fp8 == [f"layers.{i}.mlp.down" for i in range(CFG.n_layers)]
+    g = make(trainer, {"name": "fp8_tensorwise", "keep_high_precision": keep})
+    assert sorted(g.quantized_modules()) == sorted(fp8)
     cfg = {"name": "fp8_blockwise", "keep_high_precision": {"patterns": ["lm_head"], "first_n_layers": 1}}
     g = make(trainer, cfg)
     assert all(n.startswith("layers.1.") for n in g.plan.fp8_modules)
@@ -298,3 +300,82 @@ def test_bad_inputs_are_named(trainer):
         Generator(ModelConfig(vocab_size=40, d_model=40, n_heads=4, d_ff=80), "fp8_tensorwise")
     with pytest.raises(ValueError, match="max_seq_len"):
         make(trainer).generate(prompts(), CFG.max_seq_len)
+
+
+@pytest.mark.parametrize("top_k,top_p", [(20, 1.0), (0, 0.9), (30, 0.8)])
+def test_kept_mask_lets_the_trainer_renormalise_over_the_sampled_set(trainer, top_k, top_p):
+    """IS weights need the behaviour policy: the trainer's log-probs renormalised over the kept
+    set, log p(y) − logsumexp_{v ∈ kept} log p(v), reproduce the generator's `logprobs` (same
+    precision, full recompute); the untruncated log-probs differ by −log(kept mass)."""
+    T = 0.8
+    ro = make(trainer, "fp32").generate(prompts(), 10, temperature=T, top_k=top_k, top_p=top_p, seed=0,
+                                        use_kv_cache=False)
+    assert ro.kept_mask.shape == (16, 10, CFG.vocab_size) and ro.kept_mask.dtype == torch.bool
+    m = ro.response_mask
+    with torch.no_grad():
+        logp = torch.log_softmax(trainer(ro.tokens[:, :-1])[:, P - 1:].double() / T, -1)
+    tok = ro.tokens[:, P:]
+    assert ro.kept_mask.gather(-1, tok[..., None])[..., 0][m].all()  # the sampled token was kept
+    kept_lse = torch.logsumexp(logp.masked_fill(~ro.kept_mask, float("-inf")), -1)
+    renorm = logp.gather(-1, tok[..., None])[..., 0] - kept_lse
+    assert (renorm - ro.logprobs.double())[m].abs().max() < 1e-5
+    assert (ro.logprobs - ro.logprobs_untruncated)[m].min() > 0  # truncation removed some mass
+    if top_k:
+        assert (ro.kept_mask.sum(-1)[m] <= top_k).all()
+
+
+def test_kept_mask_is_none_without_truncation(trainer):
+    g = make(trainer, "fp32")
+    assert g.generate(prompts(), 4, seed=0).kept_mask is None
+    assert g.generate(prompts(), 4, temperature=0.0, top_k=5).kept_mask is None  # greedy: nothing sampled
+
+
+def test_fp8_kv_saturation_counts_decode_writes_only():
+    """The prefill fixes the scales from its own amax, so it cannot saturate; its elements must
+    not dilute the fraction: 1 saturating decoded token of 1 → frac 1, whatever the prompt length."""
+    cache = KVCache(1, 1, 2, 40, 4, torch.float32, "cpu", fp8=True)
+    c = cache.layer(0)
+    k = torch.rand(1, 2, 32, 4)
+    c.update(k, k, 0)
+    assert cache.saturation_frac() == 0.0 and c.written == 0
+    big = torch.full((1, 2, 1, 4), 10.0)  # > the prefill amax (< 1): clipped in every element
+    c.update(big, big, 32)
+    assert cache.saturation_frac() == 1.0 and c.written == 2 * 2 * 4  # k and v of one token
+
+
+def test_kv_cache_headroom_is_a_generator_setting(trainer):
+    g = make(trainer, "bf16", kv_cache_dtype="fp8", kv_cache_headroom=4.0)
+    assert g.kv_headroom == 4.0
+    c = KVCache(1, 1, 2, 8, 4, torch.float32, "cpu", fp8=True, headroom=4.0).layer(0)
+    k = torch.rand(1, 2, 5, 4) + 0.5
+    c.update(k, k, 0)
+    # s = 448 / (headroom · amax), rounded down in fp32: the prefill amax lands just under 448 / 4
+    mapped = c.k_scale.flatten().double() * k.abs().amax(dim=(0, 2, 3)).double()
+    assert ((mapped <= 112.0) & (mapped > 112.0 * (1 - 2 ** -22))).all()
+    with pytest.raises(BadInput, match="kv_cache_headroom=0.5; valid: a number >= 1"):
+        Generator(CFG, "bf16", kv_cache_dtype="fp8", kv_cache_headroom=0.5)
+
+
+@pytest.mark.parametrize("recipe", FP8_RECIPES)
+def test_weights_only_w8a16_multiplies_compute_dtype_activations_by_the_fp8_weight(recipe):
+    """float64 reference: y = x_bf16 · ŵᵀ, ŵ the dequantized FP8 weight; activations unquantized."""
+    gen = torch.Generator().manual_seed(0)
+    lin = torch.nn.Linear(256, 128, bias=False)
+    torch.nn.init.normal_(lin.weight, generator=gen)
+    x = torch.randn(6, 256, generator=gen)
+    mod = InferenceLinear.from_linear(lin, recipe, weights_only=True)
+    w_hat = fake_quantize(lin.weight.detach(), recipe, "weight").double()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = mod(x)
+    ref = x.to(torch.bfloat16).double() @ w_hat.t()
+    assert y.dtype == torch.bfloat16
+    assert ((y.double() - ref).abs() <= ref.abs() * 2 ** -8 + 1e-3).all()  # bf16 output rounding
+    w8a8 = InferenceLinear.from_linear(lin, recipe)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not torch.equal(w8a8(x), y)  # W8A8 also quantizes the activations
+
+
+def test_generator_weights_only_config_plans_w8a16(trainer):
+    g = make(trainer, {"name": "fp8_rowwise", "weights_only": True})
+    assert g.plan.weights_only and g.plan.summary()["weights_only"] is True
+    assert all(m.weights_only for m in g.quantized_modules().values())

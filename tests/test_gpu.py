@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bench.precision import RECIPES, ReferenceFP8Linear
-from bench.precision.linear import scaled_gemm
+from bench.precision.gemm import scaled_gemm
 from bench.precision.quantize import quantize
 
 pytestmark = pytest.mark.gpu
@@ -54,7 +54,7 @@ def test_torchao_without_emulation_agrees_with_reference(scaling):
 def test_transformer_engine_runs_delayed_scaling_when_installed():
     pytest.importorskip("transformer_engine.pytorch")
     from bench.model import ModelConfig, Transformer
-    from bench.precision.engines import apply_precision, plan_precision
+    from bench.precision import apply_precision, plan_precision
 
     m = Transformer(ModelConfig()).cuda()
     plan, eng = plan_precision(m, {"name": "fp8_delayed", "engine": "te", "keep_high_precision": {"patterns": ["lm_head"]}},
@@ -64,3 +64,32 @@ def test_transformer_engine_runs_delayed_scaling_when_installed():
         out = m(torch.randint(0, 128, (16, 32), device="cuda"))
     out.float().mean().backward()
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.skipif(not FP8_CAPABLE, reason="needs sm89+ for FP8 GEMMs")
+@pytest.mark.parametrize("recipe", ["fp8_tensorwise", "fp8_rowwise"])
+def test_inference_linear_runs_the_shared_dispatcher_on_cuda(recipe):
+    """W8A8 through the one scaled-GEMM dispatcher (real _scaled_mm on CUDA) against the float64
+    product of the dequantized operands."""
+    from bench.precision.inference import InferenceLinear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(512, 256, bias=False, device="cuda")
+    mod = InferenceLinear.from_linear(lin, recipe)
+    x = torch.randn(64, 512, device="cuda")
+    with torch.no_grad():
+        y = mod(x)
+    ref = quantize(x, recipe, "input").dequantize().double() @ mod._w.dequantize().double().t()
+    assert float((y.double() - ref).norm() / ref.norm()) < 1e-5
+
+
+def test_auto_engine_uses_te_exactly_where_its_rules_allow():
+    pytest.importorskip("transformer_engine.pytorch")
+    from bench.precision.engines import choose_engine
+    from bench.precision.te import te_unsupported
+
+    dev = torch.device("cuda")
+    cap = torch.cuda.get_device_capability()
+    for name, r in RECIPES.items():
+        allowed = te_unsupported(r, cap, torch.version.cuda) is None
+        assert (choose_engine("auto", r, dev).name == "te") == allowed, name

@@ -146,7 +146,7 @@ VARIANTS = {
     "fp8_blockwise_48x64": {"name": "fp8_blockwise", "act_block": 48, "weight_block": 64},
     "fp8_blockwise_pow2": {"name": "fp8_blockwise", "pow2_scales": True},
     "fp8_delayed_margin2": {"name": "fp8_delayed", "margin": 2, "amax_compute_algo": "most_recent"},
-    "mxfp8_rceil": {"name": "mxfp8", "mx_scale_rounding": "rceil"},
+    "mxfp8_floor": {"name": "mxfp8", "mx_scale_rounding": "floor"},
     "mxfp8_e5m2_grads": {"name": "mxfp8", "grad_format": "e5m2", "mx_block": 16},
 }
 ALL = {**{n: n for n in RECIPES}, **VARIANTS}
@@ -237,12 +237,14 @@ def test_mx_e8m0_scale_rounding(fmt, rounding, amax, expected):
 def test_mx_floor_saturates_block_maxima_in_the_top_binade_and_counts_them():
     x = torch.zeros(2, 64)
     x[0, 0], x[0, 1], x[1, 40] = 500.0, 460.0, 300.0  # floor: X = 2^(8−8) = 1 for the first block
-    q = quantize(x, "mxfp8")
+    q = quantize(x, {"name": "mxfp8", "mx_scale_rounding": "floor"})
     xh = q.dequantize()
     assert (float(xh[0, 0]), float(xh[0, 1]), float(xh[1, 40])) == (448.0, 448.0, 288.0)
     assert quant_stats(x, q)["overflow_frac"] == 2 / 128  # 500 and 460 exceed 448 after scaling
-    rc = quantize(x, {"name": "mxfp8", "mx_scale_rounding": "rceil"})
+    assert int(q.clamped) == 2  # the per-cast device count agrees with the statistics
+    rc = quantize(x, "mxfp8")  # the default is rceil: never saturates
     assert float(rc.dequantize()[0, 0]) == 512.0 and quant_stats(x, rc)["overflow_frac"] == 0.0
+    assert int(rc.clamped) == 0
 
 
 @pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])
@@ -258,7 +260,7 @@ def test_saturation_clamps_to_plus_minus_max_and_overflow_frac_counts_exactly(fm
     assert float(q.scale) == mx and float(q.data.float().abs().max()) == mx
     xh = q.dequantize()
     assert xh[0, :3].tolist() == [1.0] * 3 and xh[1, :3].tolist() == [-1.0] * 3
-    assert quant_stats(x, q)["overflow_frac"] == 6 / 64
+    assert quant_stats(x, q)["overflow_frac"] == 6 / 64 and int(q.clamped) == 6
     np.testing.assert_array_equal(xh.double().numpy(), ref_quantize(x, r, "input", hist_amax=1.0)["xhat"])
 
 
@@ -399,7 +401,7 @@ def test_named_recipes_match_the_design_table():
     d, b = R["fp8_delayed"], R["fp8_blockwise"]
     assert (d.amax_history_len, d.amax_compute_algo, d.margin) == (16, "max", 0)
     assert R["fp8_rowwise"].pow2_scales and not b.pow2_scales and (b.act_block, b.weight_block) == (128, 128)
-    assert (R["mxfp8"].mx_block, R["mxfp8"].mx_scale_rounding) == (32, "floor")
+    assert (R["mxfp8"].mx_block, R["mxfp8"].mx_scale_rounding) == (32, "rceil")  # DESIGN.md §5, issue 11 defect 1
     assert d.format_for("grad_output") == "e5m2" and d.format_for("weight") == d.format_for("input") == "e4m3"
 
 
@@ -419,6 +421,7 @@ def test_get_recipe_accepts_names_recipes_and_hydra_mappings_with_extra_keys():
     ({"name": "bf16"}, "unknown FP8 recipe 'bf16'; valid: fp8_delayed"),
     ({"engine": "te"}, "no name; valid: fp8_delayed"),
     ({"name": "mxfp8", "mx_scale_rounding": "nearest"}, "mx_scale_rounding='nearest' .*valid: floor, rceil"),
+    ({"name": "fp8_tensorwise", "scaling": "nvfp4"}, "scaling='nvfp4' .*valid: delayed, tensorwise"),
     ({"name": "fp8_delayed", "amax_compute_algo": "mean"}, "valid: max, most_recent"),
     ({"name": "fp8_tensorwise", "fwd_format": "e3m4"}, "valid: e4m3, e5m2"),
     ({"name": "fp8_blockwise", "act_block": 0}, "act_block=0 .*positive"),

@@ -16,7 +16,7 @@ U32 = 2.0 ** -24  # fp32 unit roundoff
 VARIANTS = {**{n: n for n in RECIPES},
             "fp8_delayed_margin1": {"name": "fp8_delayed", "margin": 1},
             "fp8_blockwise_32x64": {"name": "fp8_blockwise", "act_block": 32, "weight_block": 64},
-            "mxfp8_rceil": {"name": "mxfp8", "mx_scale_rounding": "rceil"}}
+            "mxfp8_floor": {"name": "mxfp8", "mx_scale_rounding": "floor"}}
 
 
 def make(recipe, n_in=160, n_out=96, bias=True, seed=0):

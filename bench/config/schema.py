@@ -27,7 +27,7 @@ from omegaconf import MISSING
 
 from bench.model import ModelConfig
 from bench.numerics.policy import PolicyConfig  # the policy group's schema lives with the policy
-from bench.precision.recipes import Recipe
+from bench.precision.recipes import ScalingRecipe
 from bench.rl.grpo import GRPOConfig
 from bench.tasks import TASKS
 from bench.training import OptimConfig
@@ -64,14 +64,14 @@ class FP16Precision(HighPrecision):
     loss_scale: LossScale = field(default_factory=LossScale)
 
 
-# A recipe knob's default is the Recipe dataclass's (bench/precision/recipes.py): read, not copied.
-_KNOB = {f.name: f.default for f in dataclasses.fields(Recipe)}
+# A recipe knob's default is the ScalingRecipe dataclass's (bench/precision/recipes.py): read, not copied.
+_KNOB = {f.name: f.default for f in dataclasses.fields(ScalingRecipe)}
 
 
 @dataclass
 class FP8Precision:
     """An FP8 recipe (DESIGN.md §5): its YAML names it and sets what sets it apart (scaling,
-    formats, granularity); every other knob defaults as in `Recipe`. Knobs of other scalings are
+    formats, granularity); every other knob defaults as in `ScalingRecipe`. Knobs of other scalings are
     absent (a typo, not a no-op)."""
     name: str = MISSING
     scaling: str = MISSING
@@ -80,6 +80,7 @@ class FP8Precision:
     grad_format: str = _KNOB["grad_format"]  # grad_output casts
     pow2_scales: bool = _KNOB["pow2_scales"]  # round scales down to powers of two
     fast_accum: bool = _KNOB["fast_accum"]   # fp32-accumulation shortcut in the forward GEMM (GPU only)
+    weights_only: bool = False    # generator side only: W8A16 (activations stay in the compute dtype)
     keep_high_precision: KeepHighPrecision = field(default_factory=KeepHighPrecision)
 
 
@@ -166,6 +167,7 @@ class WarmupConfig:
 class GeneratorConfig:
     kv_cache_dtype: str = "auto"  # auto (the generator's compute dtype) | fp8
     use_kv_cache: bool = True     # false: recompute the whole prefix per token (the cache-free reference)
+    kv_cache_headroom: float = 1.0  # FP8 KV cache: scale set at prefill from amax x headroom (>= 1)
 
 
 # --- the recipes' top level -----------------------------------------------------------------

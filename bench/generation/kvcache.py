@@ -18,9 +18,12 @@ a larger value arrives would mean rewriting every past token. So the scale is se
 data (here the prefill, the first tokens the cache sees) rather than from a calibration set.
 Per head rather than per layer because head norms differ by a large factor (a head with
 outlier keys would otherwise waste the other heads' precision). The price is the scheme's
-characteristic error: later tokens outside the prefill range saturate. `headroom` > 1 trades
-resolution for fewer saturations, and every layer counts its saturated elements, so the cost
-shows up in reports instead of hiding in the mismatch metrics.
+characteristic error: later tokens outside the prefill range saturate. `headroom` >= 1
+(config `generator.kv_cache_headroom`) maps the prefill's amax to 448 / headroom, trading
+resolution (log2(headroom) bits) for fewer saturations. Every layer counts the saturated
+elements among those written during *decode*: the prefill fixes the scales from its own amax, so
+its elements cannot saturate (amax·s <= 448 exactly, see max_over) and counting them would only
+dilute the fraction by the prompt/response length ratio.
 
 `update` returns dequantized keys/values (in the compute dtype): the arithmetic an FP8-KV
 attention kernel does in registers, done here in the open so it runs on any device.
@@ -47,8 +50,8 @@ class LayerCache:
         self.v = torch.zeros_like(self.k)
         self.k_scale: torch.Tensor | None = None  # [1, H, 1, 1] fp32 multipliers (fp8 only)
         self.v_scale: torch.Tensor | None = None
-        # Elements clipped to ±448 on write, and elements written (fp8 only). A device tensor, so
-        # counting costs no host sync per decode step.
+        # Decode-written elements clipped to ±448, and decode elements written (fp8 only). A device
+        # tensor, so counting costs no host sync per decode step.
         self.saturated = torch.zeros((), dtype=torch.long, device=device)
         self.written = 0
 
@@ -58,10 +61,11 @@ class LayerCache:
         amax = x.float().abs().amax(dim=(0, 2, 3), keepdim=True) * self.headroom
         return torch.where(amax > 0, max_over(E4M3, amax.clamp(min=1e-30)), torch.ones_like(amax))
 
-    def _quantize(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    def _quantize(self, x: torch.Tensor, s: torch.Tensor, decode: bool) -> torch.Tensor:
         xs = x.float() * s
-        self.saturated += (xs.abs() > E4M3.max).sum()
-        self.written += xs.numel()
+        if decode:
+            self.saturated += (xs.abs() > E4M3.max).sum()
+            self.written += xs.numel()
         # Clamp first: casting an out-of-range value to float8_e4m3fn gives NaN, not ±448.
         return xs.clamp(-E4M3.max, E4M3.max).to(E4M3.dtype)
 
@@ -74,10 +78,11 @@ class LayerCache:
             self.k[:, :, pos:end] = k
             self.v[:, :, pos:end] = v
             return self.k[:, :, :end], self.v[:, :, :end]
-        if self.k_scale is None:  # the first write (the prefill) fixes the scales for good
+        decode = self.k_scale is not None
+        if not decode:  # the first write (the prefill) fixes the scales for good
             self.k_scale, self.v_scale = self._scale(k), self._scale(v)
-        self.k[:, :, pos:end] = self._quantize(k, self.k_scale)
-        self.v[:, :, pos:end] = self._quantize(v, self.v_scale)
+        self.k[:, :, pos:end] = self._quantize(k, self.k_scale, decode)
+        self.v[:, :, pos:end] = self._quantize(v, self.v_scale, decode)
         k_all = (self.k[:, :, :end].float() / self.k_scale).to(k.dtype)
         v_all = (self.v[:, :, :end].float() / self.v_scale).to(v.dtype)
         return k_all, v_all
@@ -98,9 +103,7 @@ class KVCache:
         return self.layers[i]
 
     def saturation_frac(self) -> float:
-        """Fraction of K/V elements clipped on write (0 for a non-FP8 cache)."""
+        """Fraction of the K/V elements written during decode that were clipped (0 for a non-FP8
+        cache, or when nothing was decoded)."""
         written = sum(lc.written for lc in self.layers)
         return float(sum(lc.saturated for lc in self.layers)) / written if written else 0.0
-
-    def nbytes(self) -> int:
-        return sum(lc.k.nbytes + lc.v.nbytes for lc in self.layers)

@@ -14,8 +14,12 @@ Shadow recipes: on the same sampled steps, every Linear's tensors are also pushe
 recipes (`numerics/shadow/<recipe>/<role>/...` aggregates), so one bf16 run predicts how each
 FP8 recipe would fare on it.
 
-Non-finite activations are counted every step without a host sync (a device counter read once
-per step with the loss).
+Every step, sampled or not: non-finite activations (a device counter), and the elements each
+FP8 cast clamped to ±max (the reference linear's per-role device counters, `clamp_fracs`). Both
+are read with one host sync per step, so an overflow (e.g. a one-step amax jump under delayed
+scaling) is an event on the step it happens; the full statistics stay on sampled steps.
+torchao and TE casts are opaque, so their clamps are seen on sampled steps only, through the
+recipe's own quantizer (current scaling, which never clamps: amax·s <= max by construction).
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ import torch.nn as nn
 
 from bench.precision.formats import FORMATS
 from bench.precision.quantize import AmaxHistory, quantize
-from bench.precision.recipes import Recipe, get_recipe
+from bench.precision.recipes import ScalingRecipe, get_recipe
 from bench.precision.stats import quant_stats
 
 STATS = ("amax", "scale", "overflow_frac", "underflow_frac", "sqnr_db")
@@ -51,7 +55,7 @@ class NumericsMonitor:
                  per_module: bool = True):
         self.model, self.plan, self.interval = model, plan, max(int(interval), 0)
         self.per_module = per_module
-        self.shadow: dict[str, Recipe] = {n: get_recipe(n) for n in (shadow or []) if n != plan.name}
+        self.shadow: dict[str, ScalingRecipe] = {n: get_recipe(n) for n in (shadow or []) if n != plan.name}
         self.shadow_hist: dict[tuple, AmaxHistory] = {}
         self.records: dict[tuple[str, str], dict] = {}
         self.shadow_records: dict[str, dict[tuple[str, str], dict]] = defaultdict(dict)
@@ -155,9 +159,20 @@ class NumericsMonitor:
                 out.update(_aggregate(sub, f"numerics/shadow/{rname}/{role}/"))
         return {k: (v if math.isfinite(v) else float("nan")) for k, v in out.items()}
 
-    def worst(self, stat: str) -> list[tuple[str, str, float]]:
-        """(module, role, value) for every observed tensor, largest first."""
-        return sorted(((n, r, s[stat]) for (n, r), s in self.records.items()), key=lambda t: -t[2])
+    def clamp_fracs(self) -> dict[tuple[str, str], float]:
+        """{(module, role): clamped elements / elements cast} over this step's FP8 casts of every
+        module that counts them (the reference linear), and reset the counters. One host sync."""
+        keys, counts, numels = [], [], []
+        for name, mod in self.model.named_modules():
+            if hasattr(mod, "pop_clamp_counts"):
+                for role, (c, n) in mod.pop_clamp_counts().items():
+                    keys.append((name, role))
+                    counts.append(c)
+                    numels.append(n)
+        if not keys:
+            return {}
+        vals = torch.stack(counts).tolist()
+        return {k: c / max(n, 1) for k, c, n in zip(keys, vals, numels)}
 
     def close(self):
         for h in self.handles:

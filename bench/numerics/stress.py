@@ -16,13 +16,14 @@ from bench.errors import BadInput
 
 class OutlierInjector:
     def __init__(self, model: nn.Module, cfg):
-        self.cfg = dict(cfg or {})
-        self.enabled = bool(self.cfg.get("enabled", False))
+        # Read by attribute: the defaults live in conf/stress/*.yaml (and the typed schema) only.
+        self.cfg = cfg
+        self.enabled = bool(cfg.enabled)
         self.step = -1
         self.handle = None
         if not self.enabled:
             return
-        name = self.cfg.get("module", "layers.0.mlp.down")
+        name = cfg.module
         names = [n for n, m in model.named_modules() if hasattr(m, "weight") and m.weight is not None and m.weight.dim() == 2]
         if name not in names:
             raise BadInput(f"stress.module={name!r} is not a Linear of this model; valid: {', '.join(names)}")
@@ -33,17 +34,16 @@ class OutlierInjector:
         self.step = step
 
     def factor(self) -> float:
-        start = int(self.cfg.get("from_step", 50))
-        if not self.enabled or self.step < start:
+        if not self.enabled or self.step < int(self.cfg.from_step):
             return 1.0
-        return float(self.cfg.get("magnitude", 1000.0)) * float(self.cfg.get("growth", 1.0)) ** (self.step - start)
+        return float(self.cfg.magnitude) * float(self.cfg.growth) ** (self.step - int(self.cfg.from_step))
 
     def _hook(self, module, args):
         f = self.factor()
         if f == 1.0 or not module.training:
             return None
         x = args[0].clone()
-        x[..., int(self.cfg.get("channel", 0))] *= f
+        x[..., int(self.cfg.channel)] *= f
         return (x,) + tuple(args[1:])
 
     def rehook(self, model: nn.Module) -> None:

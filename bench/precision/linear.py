@@ -19,11 +19,14 @@ s_a, s_b independent of k. Hence:
     (what torchao rowwise, TE blockwise/MXFP8 and DeepSeek-V3 do; re-quantizing the fp8 copy
     instead would stack a second rounding on the first). The 128x128 weight block is square,
     so W's blocks are Wᵀ's: re-quantizing Wᵀ gives exactly W's fp8 data transposed.
-GEMMs: torch._scaled_mm (fp8 x fp8 -> fp32, dequantisation scales 1/s_a, 1/s_b) when both
-operands have per-tensor scales and M, N, K are multiples of 16 (CPU has it too; fast accumulation
-only in the CUDA forward, where its lower-precision accumulator is tolerated); otherwise the
-dequantized operands are multiplied in fp32, which is what a scaled GEMM computes up to the
-accumulation order. Bias is added in fp32 after the GEMM (a fused epilogue), never quantized.
+GEMMs: bench.precision.gemm.scaled_gemm, the one dispatcher the generator uses too
+(torch._scaled_mm where the scales factor out of the dot products, else dequantized operands in
+fp32; fast accumulation only in the CUDA forward, where its lower-precision accumulator is
+tolerated). Bias is added in fp32 after the GEMM (a fused epilogue), never quantized.
+Overflow accounting: every cast of a training step (the three roles in forward and backward,
+and the backward re-quantizations; not eval or no-grad forwards, whose casts belong to no
+optimizer step) adds its clamped-element count to a device counter per role, with no host sync; `pop_clamp_counts` hands them to the monitor once per step, so a saturating cast is seen
+on the step it happens, not only on the monitor's sampled steps.
 Delayed-scaling histories move only in training (module.training and grad enabled in forward;
 every backward), so evaluation and no-grad rollouts never change the scales. Activation
 checkpointing would re-run the forward and record its amaxes twice: not supported.
@@ -36,23 +39,10 @@ import torch
 import torch.nn as nn
 
 from bench.precision.formats import FORMATS
+from bench.precision.gemm import scaled_gemm
 from bench.precision.quantize import AmaxHistory, Quantized, quantize, tile_amax
-from bench.precision.recipes import ROLES, Recipe, get_recipe
+from bench.precision.recipes import ROLES, ScalingRecipe, get_recipe
 from bench.precision.stats import quant_stats
-
-
-def scaled_gemm(a: Quantized, b: Quantized, fast_accum: bool = False, use_scaled_mm: bool = True) -> torch.Tensor:
-    """a [M,K], b [N,K], both quantized along K -> a·bᵀ [M,N] in fp32."""
-    M, K = a.data.shape
-    N = b.data.shape[0]
-    if use_scaled_mm and a.tile is None and b.tile is None and not (M % 16 or N % 16 or K % 16):
-        try:
-            return torch._scaled_mm(a.data.contiguous(), b.data.contiguous().t(),  # b column-major
-                                    scale_a=torch.reciprocal(a.scale.float()), scale_b=torch.reciprocal(b.scale.float()),
-                                    out_dtype=torch.float32, use_fast_accum=bool(fast_accum and a.data.is_cuda))
-        except (RuntimeError, NotImplementedError):
-            pass  # e.g. a format pair this device's kernel lacks (E5M2 x E5M2 on CUDA): same math below
-    return a.dequantize() @ b.dequantize().t()
 
 
 class _FP8LinearFn(torch.autograd.Function):
@@ -84,8 +74,8 @@ class _FP8LinearFn(torch.autograd.Function):
             dw = scaled_gemm(qdy.t(), qx.t(), use_scaled_mm=mm) if need_dw else None
         else:
             x, w = ctx.saved_tensors
-            dx = scaled_gemm(qdy, quantize(w.t(), r, "weight"), use_scaled_mm=mm) if need_dx else None
-            dw = (scaled_gemm(quantize(dy.t(), r, "grad_output"), quantize(x.t(), r, "input"), use_scaled_mm=mm)
+            dx = scaled_gemm(qdy, mod.requantize(w.t(), "weight"), use_scaled_mm=mm) if need_dx else None
+            dw = (scaled_gemm(mod.requantize(dy.t(), "grad_output"), mod.requantize(x.t(), "input"), use_scaled_mm=mm)
                   if need_dw else None)
         return (None if dx is None else dx.to(ctx.x_dtype), None if dw is None else dw.to(ctx.w_dtype), None)
 
@@ -105,7 +95,7 @@ class ReferenceFP8Linear(nn.Module):
                  device=None, dtype=None):
         super().__init__()
         self.in_features, self.out_features, self.name = in_features, out_features, name
-        self.recipe: Recipe = get_recipe(recipe)
+        self.recipe: ScalingRecipe = get_recipe(recipe)
         self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
         if bias:
             self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype))
@@ -116,6 +106,7 @@ class ReferenceFP8Linear(nn.Module):
         self.use_scaled_mm = True   # False forces the dequantize-and-matmul path (tests, debugging)
         self._record_amax = False
         self.hist = self._make_histories(device)
+        self._reset_clamp_counts()
 
     def _make_histories(self, device) -> nn.ModuleDict | None:
         r = self.recipe
@@ -136,6 +127,7 @@ class ReferenceFP8Linear(nn.Module):
         mod.weight = linear.weight  # the same Parameter objects: optimizer state survives the swap
         mod.bias = linear.bias
         mod.hist = mod._make_histories(linear.weight.device)
+        mod._reset_clamp_counts()
         mod.train(linear.training)
         return mod
 
@@ -146,12 +138,40 @@ class ReferenceFP8Linear(nn.Module):
         lin.train(self.training)
         return lin
 
+    def _reset_clamp_counts(self) -> None:
+        self._clamped: dict[str, torch.Tensor] = {}  # role -> device count of clipped elements
+        self._cast_numel: dict[str, int] = {}        # role -> elements cast (shapes: no sync)
+
+    def _count(self, role: str, q: Quantized, numel: int) -> None:
+        if q.clamped is None:
+            return
+        prev = self._clamped.get(role)
+        self._clamped[role] = q.clamped if prev is None else prev + q.clamped
+        self._cast_numel[role] = self._cast_numel.get(role, 0) + numel
+
+    def pop_clamp_counts(self) -> dict[str, tuple[torch.Tensor, int]]:
+        """{role: (clamped elements as a 0-d device tensor, elements cast)} over every cast since
+        the last call, and reset. Reading the tensors is the caller's (one sync per step)."""
+        out = {r: (c, self._cast_numel[r]) for r, c in self._clamped.items()}
+        self._reset_clamp_counts()
+        return out
+
+    def requantize(self, x: torch.Tensor, role: str) -> Quantized:
+        """A backward re-quantization along another dim (current scaling, no history, not
+        reported to the observer, whose stats describe each role's first cast): counted."""
+        q = quantize(x, self.recipe, role)
+        self._count(role, q, x.numel())
+        return q
+
     def quantize_role(self, x: torch.Tensor, role: str) -> Quantized:
         """Quantize one GEMM operand for `role` along its last dim; for delayed scaling use the
         history's scale and then (update after use) record this amax; report to the observer."""
         hist = self.hist[role] if self.hist is not None else None
         q = quantize(x, self.recipe, role, history=hist)
-        if hist is not None and (role == "grad_output" or self._record_amax):
+        training = role == "grad_output" or self._record_amax
+        if training:  # eval and rollout-scoring forwards are not a training step's casts
+            self._count(role, q, x.numel())
+        if hist is not None and training:
             hist.update(tile_amax(x.detach().float(), None), used_scale=q.scale)
         if self.observer is not None:
             self.observer(self.name, role, quant_stats(x, q))

@@ -47,12 +47,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from bench.precision.formats import FORMATS, Float8Format
-from bench.precision.recipes import ROLES, Recipe, get_recipe
+from bench.precision.recipes import ROLES, SCALINGS, ScalingRecipe, get_recipe
 
 Tile = tuple[int, int]
 
@@ -64,6 +66,10 @@ class Quantized:
     scale: torch.Tensor         # fp32 multipliers, compact layout (module docstring)
     tile: Tile | None           # tile shape each compact scale covers; None = whole tensor
     fmt: Float8Format
+    # Elements clipped to ±max (finite x with |x·s| > max): a 0-d device tensor, so that counting
+    # every cast costs no host sync (the trainer reads all counts once per step). None where the
+    # producer did not count (a Quantized rebuilt from saved data).
+    clamped: torch.Tensor | None = None
 
     def scale_full(self) -> torch.Tensor:
         """The scale of every element, x's shape (a broadcast view for per-tensor scales)."""
@@ -93,7 +99,7 @@ def _expand(s: torch.Tensor, tile: Tile, shape) -> torch.Tensor:
     return s[:, None, :, None].expand(nr, tr, nc, tc).reshape(nr * tr, nc * tc)[:rows, :cols]
 
 
-def tile_shape(recipe: Recipe, role: str, shape) -> Tile | None:
+def tile_shape(recipe: ScalingRecipe, role: str, shape) -> Tile | None:
     """Tile (rows, cols) sharing one scale for an operand [rows, K] of this role; None = whole
     tensor."""
     _, k = shape
@@ -148,7 +154,7 @@ def _finite_or(s: torch.Tensor, amax: torch.Tensor, fallback) -> torch.Tensor:
     return torch.where(torch.isfinite(amax), s, fallback)
 
 
-def current_scale(amax: torch.Tensor, fmt: Float8Format, recipe: Recipe) -> torch.Tensor:
+def current_scale(amax: torch.Tensor, fmt: Float8Format, recipe: ScalingRecipe) -> torch.Tensor:
     """Current scaling (tensorwise, rowwise, blockwise): s = max / max(amax, eps) in fp32,
     rounded down to 2^k when the recipe asks (rowwise's default). An all-zero tile gets the
     largest scale max/eps (harmless: every q is 0)."""
@@ -236,10 +242,16 @@ class AmaxHistory(nn.Module):
         return f"length={self.history.numel()}, algo={self.algo}, margin={self.margin}"
 
 
-def scale_for(x: torch.Tensor, recipe: Recipe, role: str, history: AmaxHistory | None = None
+def scale_for(x: torch.Tensor, recipe: ScalingRecipe, role: str, history: AmaxHistory | None = None
               ) -> tuple[torch.Tensor, Tile | None]:
     """The compact fp32 scale and its tile for quantizing x [rows, K] in this role. Reads but
     never writes `history`; no host synchronisation."""
+    s, tile, _ = _scale_and_amax(x, recipe, role, history)
+    return s, tile
+
+
+def _scale_and_amax(x: torch.Tensor, recipe: ScalingRecipe, role: str, history: AmaxHistory | None):
+    """scale_for, plus the tile amaxes it computed on the way (compact layout, like the scale)."""
     fmt = FORMATS[recipe.format_for(role)]
     tile = tile_shape(recipe, role, tuple(x.shape))
     amax = tile_amax(x, tile)
@@ -249,29 +261,108 @@ def scale_for(x: torch.Tensor, recipe: Recipe, role: str, history: AmaxHistory |
         else:
             chosen = torch.where(history.count == 0, amax.float(), history.chosen_amax())
             s = history.scale_from(chosen, fmt, recipe.eps)
-        return (pow2_floor(s) if recipe.pow2_scales else s), None
+        return (pow2_floor(s) if recipe.pow2_scales else s), None, amax
     if recipe.scaling == "mx":
-        return mx_scale(amax, fmt, recipe.mx_scale_rounding), tile
-    return current_scale(amax, fmt, recipe), tile
+        return mx_scale(amax, fmt, recipe.mx_scale_rounding), tile, amax
+    return current_scale(amax, fmt, recipe), tile, amax
+
+
+QuantizerFn = Callable[[torch.Tensor, ScalingRecipe, str, "AmaxHistory | None"], Quantized]
+QUANTIZERS: dict[str, QuantizerFn] = {}
+
+
+def register_quantizer(scaling: str, fn: QuantizerFn) -> None:
+    """The quantizer for one scaling: fn(x [rows, K] (any float dtype), recipe, role, history)
+    -> Quantized. `quantize` validates its arguments and dispatches here, so every consumer
+    (the reference linear, the inference linear, the monitor, fake_quantize) runs a new recipe
+    once its quantizer is registered."""
+    QUANTIZERS[scaling] = fn
 
 
 def quantize(x: torch.Tensor, recipe, role: str = "input", history: AmaxHistory | None = None) -> Quantized:
     """Quantize a 2-D tensor [rows, K] (K = the GEMM reduction dim) with the recipe's scaling for
-    this role: q = cast(clamp(x·s, −max, max)), all arithmetic in fp32 whatever x's dtype.
-    `history` (delayed scaling only) is read, not updated: updating after use is the caller's."""
+    this role. `history` (delayed scaling only) is read, not updated: updating after use is the
+    caller's."""
     recipe = get_recipe(recipe)
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; valid: {', '.join(ROLES)}")
     if x.dim() != 2:
         raise ValueError(f"quantize expects a 2-D [rows, K] tensor, got shape {tuple(x.shape)}")
+    fn = QUANTIZERS.get(recipe.scaling)
+    if fn is None:
+        raise ValueError(f"no quantizer registered for scaling {recipe.scaling!r} ({recipe.name}); "
+                         f"registered: {', '.join(QUANTIZERS)}")
+    return fn(x, recipe, role, history)
+
+
+def can_clamp(recipe: ScalingRecipe) -> bool:
+    """Whether a cast with this recipe can clip finite elements whose tile amax is finite.
+    Current scaling (tensorwise, rowwise, blockwise) takes s from the tile's own amax rounded so
+    that amax·s <= max exactly (max_over, pow2_floor round down), and fl(|x|·s) <= fl(amax·s) by
+    monotonic rounding, so nothing clips; MX rceil picks X >= amax / max, likewise. Delayed
+    scaling (a stale history) and MX floor (amax lands in [256, 512)) can clip."""
+    return recipe.scaling == "delayed" or (recipe.scaling == "mx" and recipe.mx_scale_rounding == "floor")
+
+
+def quantize_fp8(x: torch.Tensor, recipe: ScalingRecipe, role: str, history: AmaxHistory | None) -> Quantized:
+    """The FP8 scalings of this module: q = cast(clamp(x·s, −max, max)), all arithmetic in fp32
+    whatever x's dtype, and `clamped`, the count of finite elements the clamp changed."""
     fmt = FORMATS[recipe.format_for(role)]
     xf = x.detach().float()
-    s, tile = scale_for(xf, recipe, role, history)
+    s, tile, amax = _scale_and_amax(xf, recipe, role, history)
     xs = xf * (s if tile is None else _expand(s, tile, xf.shape))
     xq = xs.clamp(-fmt.max, fmt.max)
     bad = ~torch.isfinite(xf)  # bypass the clamp (module docstring): inf must not become ±max
+    clamped = _clamped(xf, xs, xq, bad, s, amax, fmt, recipe)
     xq = torch.where(bad, xs if fmt.has_inf else torch.full_like(xs, float("nan")), xq)
-    return Quantized(data=xq.to(fmt.dtype), scale=s.float(), tile=tile, fmt=fmt)
+    return Quantized(data=xq.to(fmt.dtype), scale=s.float(), tile=tile, fmt=fmt, clamped=clamped)
+
+
+def _clamped(xf, xs, xq, bad, s, amax, fmt, recipe) -> torch.Tensor:
+    """Finite elements with |x·s| > max, as a 0-d long tensor, at the least cost that stays exact:
+      * 0 where the recipe cannot clip (`can_clamp`), with no pass over x. The one exception is
+        a tile whose amax is non-finite (s = 1, module docstring): its finite elements above max
+        clip uncounted, on a step whose GEMM output is non-finite anyway (the nonfinite event).
+      * on CPU, where reading a value costs no device synchronisation: 0 unless some tile has
+        fl(amax·s) > max (fl(|x|·s) <= fl(amax·s) by monotonic rounding, so a tile clips exactly
+        when its own maximum does; the products are the ones xs holds). With every amax finite,
+        x holds no NaN/inf and the count is Σ |sign(x·s − clamp(x·s))| in floats (a clamped
+        element differs from ±max, an fp32 overflow to ±inf gives ±inf: both count 1), summed
+        in fp32 while that is exact (< 2^24 elements), a vectorised pass ~3x cheaper than
+        counting a boolean mask on CPU.
+      * else (GPU, or a non-finite amax): the elements the clamp changed minus the non-finite
+        ones (NaN compares unequal to itself, an inf is clamped to ±max). No host sync."""
+    zero = _zero(xf.device)
+    if not can_clamp(recipe):
+        return zero
+    if xf.device.type == "cpu":
+        if amax.dim() == 0:  # per tensor: the fp32 product of two scalars, without tensor ops
+            a = np.float32(amax.item())
+            with np.errstate(over="ignore"):  # an fp32 product overflowing to inf clips, as in xs
+                finite, clips = bool(np.isfinite(a)), bool(a * np.float32(s.item()) > fmt.max)
+        else:
+            a = amax.float()
+            finite, clips = bool(torch.isfinite(a).all()), bool((a * s > fmt.max).any())
+        if finite and not clips:
+            return zero
+        if finite:
+            acc = torch.float32 if xs.numel() < 2 ** 24 else torch.float64
+            return (xs - xq).sign_().abs_().sum(dtype=acc).long()
+    return (xq != xs).sum() - bad.sum()
+
+
+_ZEROS: dict[torch.device, torch.Tensor] = {}
+
+
+def _zero(device: torch.device) -> torch.Tensor:
+    """A shared 0-d long zero per device (never written in place: counts are summed out of place)."""
+    if device not in _ZEROS:
+        _ZEROS[device] = torch.zeros((), dtype=torch.long, device=device)
+    return _ZEROS[device]
+
+
+for _scaling in SCALINGS:
+    register_quantizer(_scaling, quantize_fp8)
 
 
 def fake_quantize(x: torch.Tensor, recipe, role: str = "input") -> torch.Tensor:

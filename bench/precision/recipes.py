@@ -8,6 +8,12 @@
 | fp8_blockwise  | blockwise  | 1x128 activation/grad tiles, 128x128 weights | E4M3 / E4M3 |
 | mxfp8          | mx         | 1x32 blocks, E8M0 (power-of-two) scale       | E4M3 / E4M3 |
 
+"Recipe" in bench/precision always means a *scaling recipe* (this module's `ScalingRecipe`), not
+an entry point under recipes/. The registry is open: a new recipe (e.g. nvfp4, mxfp4) is one
+`register_recipe(name, scaling, formats, ...)` call plus one `register_quantizer(scaling, fn)` call in
+bench.precision.quantize, made by the module that defines the quantizer; the planner, the engines
+and the generator take it from there with no other change.
+
 Finer granularity isolates outliers: one large value only coarsens its own row/tile instead of
 the whole tensor, which is why the fine-grained recipes can afford E4M3 (more precision, less
 range) for gradients too. The price is more scales to compute and carry through the GEMM.
@@ -21,15 +27,16 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-SCALINGS = ("delayed", "tensorwise", "rowwise", "blockwise", "mx")
+SCALINGS = ["delayed", "tensorwise", "rowwise", "blockwise", "mx"]  # grows with register_recipe
+FORMAT_NAMES = ["e4m3", "e5m2"]                                      # grows with register_recipe
 ROLES = ("input", "weight", "grad_output")
-_CHOICES = {"scaling": SCALINGS, "fwd_format": ("e4m3", "e5m2"), "grad_format": ("e4m3", "e5m2"),
+_CHOICES = {"scaling": SCALINGS, "fwd_format": FORMAT_NAMES, "grad_format": FORMAT_NAMES,
             "amax_compute_algo": ("max", "most_recent"), "mx_scale_rounding": ("floor", "rceil")}
 _POSITIVE = ("amax_history_len", "act_block", "weight_block", "mx_block")
 
 
 @dataclass(frozen=True)  # frozen: the named defaults in RECIPES can never be mutated by a caller
-class Recipe:
+class ScalingRecipe:
     name: str
     scaling: str                      # delayed | tensorwise | rowwise | blockwise | mx
     fwd_format: str = "e4m3"          # input and weight casts
@@ -41,7 +48,7 @@ class Recipe:
     act_block: int = 128              # blockwise: 1 x act_block tiles for inputs and grads
     weight_block: int = 128           # blockwise: weight_block x weight_block weight blocks
     mx_block: int = 32                # mx: 1 x mx_block blocks along the reduction dim
-    mx_scale_rounding: str = "floor"  # mx: floor (OCP MX v1.0) | rceil (never saturates)
+    mx_scale_rounding: str = "rceil"  # mx: rceil (TE, hardware cast; never saturates) | floor (OCP MX v1.0)
     fast_accum: bool = True           # CUDA forward GEMM only: fp8 tensor-core fast accumulation
     eps: float = 1e-12                # amax floor in s = max / max(amax, eps): s stays finite
 
@@ -64,15 +71,31 @@ class Recipe:
         return self.scaling in ("delayed", "tensorwise")
 
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in (
-    Recipe("fp8_delayed", "delayed", "e4m3", "e5m2", amax_history_len=16, amax_compute_algo="max", margin=0),
-    Recipe("fp8_tensorwise", "tensorwise", "e4m3", "e5m2"),
-    Recipe("fp8_rowwise", "rowwise", "e4m3", "e4m3", pow2_scales=True),
-    Recipe("fp8_blockwise", "blockwise", "e4m3", "e4m3", act_block=128, weight_block=128, pow2_scales=False),
-    Recipe("mxfp8", "mx", "e4m3", "e4m3", mx_block=32, mx_scale_rounding="floor"),
+# mxfp8 defaults to rceil (DESIGN.md §5): with floor, Gaussian data saturates ~0.9 % of the
+# elements by design, and Transformer Engine and the hardware cast both compute rceil.
+RECIPES: dict[str, ScalingRecipe] = {r.name: r for r in (
+    ScalingRecipe("fp8_delayed", "delayed", "e4m3", "e5m2", amax_history_len=16, amax_compute_algo="max", margin=0),
+    ScalingRecipe("fp8_tensorwise", "tensorwise", "e4m3", "e5m2"),
+    ScalingRecipe("fp8_rowwise", "rowwise", "e4m3", "e4m3", pow2_scales=True),
+    ScalingRecipe("fp8_blockwise", "blockwise", "e4m3", "e4m3", act_block=128, weight_block=128, pow2_scales=False),
+    ScalingRecipe("mxfp8", "mx", "e4m3", "e4m3", mx_block=32, mx_scale_rounding="rceil"),
 )}
 
-_TYPES = {f.name: f.type for f in dataclasses.fields(Recipe)}
+
+def register_recipe(name: str, scaling: str, fwd_format: str, grad_format: str, **fields) -> ScalingRecipe:
+    """Add a named recipe to the registry, admitting its scaling and element formats as valid
+    choices first (a recipe is validated when it is built). The quantizer for a new scaling is
+    registered separately, next to its code (bench.precision.quantize.register_quantizer)."""
+    for f in (fwd_format, grad_format):
+        if f not in FORMAT_NAMES:
+            FORMAT_NAMES.append(f)
+    if scaling not in SCALINGS:
+        SCALINGS.append(scaling)
+    RECIPES[name] = ScalingRecipe(name, scaling, fwd_format, grad_format, **fields)
+    return RECIPES[name]
+
+
+_TYPES = {f.name: f.type for f in dataclasses.fields(ScalingRecipe)}
 
 
 def _coerce(name: str, key: str, value):
@@ -95,13 +118,13 @@ def _coerce(name: str, key: str, value):
         raise ValueError(f"precision.{key}={value!r} for {name} is not a valid {t}") from None
 
 
-def get_recipe(spec) -> Recipe:
-    """A Recipe from a name, a Recipe, or a mapping (a Hydra precision config, dict or DictConfig).
+def get_recipe(spec) -> ScalingRecipe:
+    """A ScalingRecipe from a name, a ScalingRecipe, or a mapping (a Hydra precision config, dict or DictConfig).
 
     A mapping's `name` picks the named default and its other recipe fields override it; keys that
     are not recipe fields (engine, keep_high_precision, ...) are ignored. Unknown names and bad
     values raise ValueError naming the value and the valid choices."""
-    if isinstance(spec, Recipe):
+    if isinstance(spec, ScalingRecipe):
         return spec
     fields = {}
     if isinstance(spec, str):
@@ -112,7 +135,7 @@ def get_recipe(spec) -> Recipe:
             raise ValueError(f"precision config has no name; valid: {', '.join(RECIPES)}")
         fields = {k: _coerce(name, k, spec[k]) for k in spec if k in _TYPES and k != "name"}
     else:
-        raise ValueError(f"FP8 recipe must be a name, a Recipe or a mapping, got {type(spec).__name__}; "
+        raise ValueError(f"FP8 recipe must be a name, a ScalingRecipe or a mapping, got {type(spec).__name__}; "
                          f"valid names: {', '.join(RECIPES)}")
     if name not in RECIPES:
         raise ValueError(f"unknown FP8 recipe {name!r}; valid: {', '.join(RECIPES)}")

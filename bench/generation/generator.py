@@ -1,6 +1,7 @@
 """The generator: samples rollouts with its own copy of the policy, in its own precision.
 
-Why a separate engine: in RL systems the sampler (vLLM, SGLang) is not the trainer. It holds its
+("Engine" in this project means a precision executor, bench/precision/engines.py; the generator
+is the rollout side, the counterpart of the trainer.) Why a separate generator: in RL systems the sampler (vLLM, SGLang) is not the trainer. It holds its
 own weights (refit from the trainer after every update), runs its own kernels and precision
 (often FP8 W8A8 and an FP8 KV cache) and decodes incrementally with a KV cache, while the trainer
 scores the same tokens with one full forward. Every difference between the two computations is
@@ -8,23 +9,33 @@ trainer/generator mismatch, the thing this benchmark measures; reusing the train
 buffers or caches would hide exactly that. So the engine builds its own Transformer, copies
 weights at `refit` (never aliasing a trainer tensor) and owns its KV caches and sampling RNG.
 
-Precision (`precision` = a name or a config mapping with a `name` key):
+Precision (`precision` = a name or a generator_precision config): planned and applied by the
+same planner as the trainer (bench.precision.plan, side="generator"), so a recipe added to the
+registry runs here with no change to this package.
   fp32          the copy as is, no autocast
   bf16, fp16    fp32 weights under the trainer's own `autocast_context`: with full recompute
                 (use_kv_cache=False) the reported log-probs are then bitwise the trainer's, so
                 token_mult_prob_error == 1 exactly: the harness's zero point
-  an FP8 recipe W8A8 (bench/generation/fp8_inference.py) under bf16 autocast; kept Linears
+  a scaling recipe  the `inference` engine under bf16 autocast: W8A8, or W8A16 with
+                `weights_only=true` (bench/precision/inference.py); kept Linears
                 (`keep_high_precision`, default lm_head) stay bf16
-KV cache: `kv_cache_dtype` "auto" (the compute dtype) or "fp8" (bench/generation/kvcache.py).
+KV cache: `kv_cache_dtype` "auto" (the compute dtype) or "fp8" (bench/generation/kvcache.py),
+with `kv_cache_headroom` >= 1 dividing the FP8 scale (room for decoded values above the prefill's).
 
 Log-probs: for each sampled token the rollout carries
-  logprobs              log p under the distribution actually sampled from: softmax(logits / T)
-                        after top-k / top-p truncation and renormalisation
+  logprobs              the behaviour policy: log p under the distribution actually sampled
+                        from, softmax(logits / T) after top-k / top-p truncation and
+                        renormalisation over the kept set
   logprobs_untruncated  log p under softmax(logits / T), no truncation
-The trainer recomputes softmax(logits / T) over the full vocabulary; it knows nothing of the
-sampler's filter. Mismatch is therefore measured on `logprobs_untruncated`, so both sides compare
-the same distribution and differ only by numerics. (The truncated value is larger by
--log(kept mass); comparing it with the trainer's would report the filter as "mismatch".)
+  kept_mask             [B, N, V] bool, the kept set of each step (None when nothing truncates)
+Two comparisons use them. Mismatch metrics compare *untruncated* distributions: the trainer
+recomputes softmax(logits / T) over the full vocabulary, so both sides compare the same
+distribution and differ only by numerics (the truncated value is larger by -log(kept mass);
+comparing it with the trainer's would report the filter as "mismatch"). Importance weights need
+the policy actually sampled from: ρ = π_train(y | kept) / π_behaviour(y), with the trainer's
+probabilities renormalised over the same kept set,
+  log π_train(y | kept) = lp_t(y) − logsumexp_{v ∈ kept} lp_t(v),
+and `logprobs` as the behaviour log-prob (at top_p = 0.9 the untruncated ratio is off by ~1.09).
 Temperature 0 is greedy (argmax); its log-probs (both fields) are those of softmax(logits), T = 1,
 so the trainer should score greedy rollouts at T = 1.
 
@@ -41,21 +52,20 @@ from dataclasses import dataclass
 import torch
 
 from bench.errors import BadInput
-from bench.generation.fp8_inference import FP8InferenceLinear, KeepSpec, swap_linears_to_fp8
 from bench.generation.kvcache import KVCache
 from bench.model import ModelConfig, Transformer, rope_tables, token_logprobs
-from bench.precision.engines import PrecisionPlan, select_fp8_modules
-from bench.precision.mixed import HIGH_PRECISION, autocast_context, compute_dtype
-from bench.precision.recipes import RECIPES, get_recipe
+from bench.precision.mixed import autocast_context, compute_dtype
+from bench.precision.plan import apply_precision, plan_precision
 
 
 @dataclass
 class Rollout:
     tokens: torch.Tensor                # [B, P+N] long: prompt + response, `eos_id` after a stop
     response_mask: torch.Tensor         # [B, N] bool: valid response tokens, the EOS included
-    logprobs: torch.Tensor              # [B, N] fp32: under the truncated sampling distribution
-    logprobs_untruncated: torch.Tensor  # [B, N] fp32: under softmax(logits / T); compare this one
-    kv_saturation_frac: float = 0.0     # FP8 KV cache: fraction of K/V elements clipped on write
+    logprobs: torch.Tensor              # [B, N] fp32: behaviour policy (truncated, renormalised): IS weights
+    logprobs_untruncated: torch.Tensor  # [B, N] fp32: under softmax(logits / T): mismatch metrics
+    kept_mask: torch.Tensor | None = None  # [B, N, V] bool: each step's kept set; None: no truncation
+    kv_saturation_frac: float = 0.0     # FP8 KV cache: fraction of decode-written K/V elements clipped
 
 
 def truncate_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -75,63 +85,51 @@ def truncate_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) ->
 
 
 def sample_step(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, rng: torch.Generator):
-    """One decode step from last-position logits [B, V] -> (tokens, logprobs, logprobs_untruncated)."""
+    """One decode step from last-position logits [B, V] -> (tokens, logprobs, logprobs_untruncated,
+    kept [B, V] bool or None when nothing is truncated)."""
     if temperature == 0:  # greedy; log-probs at T = 1 (see the module docstring)
         tok = logits.argmax(-1)
         lp = token_logprobs(logits[:, None], tok[:, None])[:, 0]
-        return tok, lp, lp
+        return tok, lp, lp, None
     # The same ops, in the same order, as bench.model.token_logprobs: the untruncated log-prob
     # must be bitwise what the trainer computes from bitwise-equal logits.
     scaled = logits.float() / temperature
     logp_full = torch.log_softmax(scaled, dim=-1)
-    truncated = bool(top_k and top_k < logits.shape[-1]) or top_p < 1.0
-    logp = torch.log_softmax(truncate_logits(scaled, top_k, top_p), dim=-1) if truncated else logp_full
+    kept = None
+    logp = logp_full
+    if bool(top_k and top_k < logits.shape[-1]) or top_p < 1.0:
+        truncated = truncate_logits(scaled, top_k, top_p)
+        kept = torch.isfinite(truncated)
+        logp = torch.log_softmax(truncated, dim=-1)
     tok = torch.multinomial(logp.exp(), 1, generator=rng)[:, 0]
-    return tok, logp.gather(-1, tok[:, None])[:, 0], logp_full.gather(-1, tok[:, None])[:, 0]
-
-
-def _precision_spec(precision) -> dict:
-    spec = {"name": precision} if isinstance(precision, str) else dict(precision)
-    name = spec.get("name")
-    if name not in HIGH_PRECISION and name not in RECIPES:
-        raise BadInput(f"generator precision {name!r}; valid: {', '.join((*HIGH_PRECISION, *RECIPES))}")
-    engine = spec.get("engine", "auto")
-    if engine not in ("auto", "reference"):
-        raise BadInput(f"generator_precision.engine={engine!r}: the generator runs FP8 through its own W8A8 "
-                       f"inference path; valid: auto, reference")
-    return spec
+    return tok, logp.gather(-1, tok[:, None])[:, 0], logp_full.gather(-1, tok[:, None])[:, 0], kept
 
 
 class Generator:
     """An inference engine with its own Transformer, precision, KV cache and sampling RNG."""
 
     def __init__(self, model_cfg: ModelConfig, precision="bf16", device="cpu", kv_cache_dtype: str = "auto",
-                 keep_high_precision: KeepSpec | dict = None, seed: int = 0):
-        spec = _precision_spec(precision)
+                 kv_cache_headroom: float = 1.0, seed: int = 0):
         if kv_cache_dtype not in ("auto", "fp8"):
             raise BadInput(f"generator.kv_cache_dtype={kv_cache_dtype!r}; valid: auto, fp8")
-        self.cfg, self.device, self.name = model_cfg, torch.device(device), spec["name"]
-        self.kv_fp8 = kv_cache_dtype == "fp8"
+        if not kv_cache_headroom >= 1.0:
+            raise BadInput(f"generator.kv_cache_headroom={kv_cache_headroom!r}; valid: a number >= 1 "
+                           f"(the prefill's amax maps to 448 / headroom)")
+        self.cfg, self.device = model_cfg, torch.device(device)
+        self.kv_fp8, self.kv_headroom = kv_cache_dtype == "fp8", float(kv_cache_headroom)
         self.model = self._build(model_cfg, self.device)
         # The refit contract: exactly the persistent state of a plain Transformer.
         self._keys = list(self.model.state_dict())
-        self.recipe, fp8, kept = None, [], []
-        if self.name not in HIGH_PRECISION:
-            try:
-                self.recipe = get_recipe(spec)
-                keep = spec.get("keep_high_precision") if keep_high_precision is None else keep_high_precision
-                if isinstance(keep, dict) or hasattr(keep, "keys"):  # the Hydra precision config's form
-                    kept_names = set(select_fp8_modules(self.model, keep)[1])
-                    keep = lambda n: n in kept_names  # noqa: E731
-                fp8, kept = swap_linears_to_fp8(self.model, self.recipe, keep)
-            except ValueError as e:
-                raise BadInput(str(e)) from None
-        self._fp8 = {n: self.model.get_submodule(n) for n in fp8}
-        self.engine_name = "w8a8" if self.recipe else ("fp32" if self.name == "fp32" else "torch.autocast")
-        self.plan = PrecisionPlan(name=self.name, engine=self.engine_name, recipe=self.recipe,
-                                  fp8_modules=fp8, high_precision_modules=kept)
+        self.plan, engine = plan_precision(self.model, precision, self.device, side="generator")
+        apply_precision(self.model, self.plan, engine)
+        self.name = self.plan.name
+        self._quantized = {n: self.model.get_submodule(n) for n in self.plan.fp8_modules}
         self.rng = torch.Generator(device=self.device).manual_seed(seed)
         self.refits = 0
+
+    @property
+    def engine_name(self) -> str:
+        return self.plan.engine
 
     @staticmethod
     def _build(cfg: ModelConfig, device: torch.device) -> Transformer:
@@ -170,9 +168,9 @@ class Generator:
             s = src[k].detach()
             if hasattr(s, "full_tensor"):  # an FSDP2-sharded trainer: all-gather (every rank, same order)
                 s = s.full_tensor()
-            mod = self._fp8.get(k.rsplit(".", 1)[0])
+            mod = self._quantized.get(k.rsplit(".", 1)[0])
             if mod is not None:
-                mod.load_weight(s)  # checks the shape, quantizes into fresh FP8 buffers
+                mod.load_weight(s)  # checks the shape, quantizes into fresh buffers
             elif tuple(s.shape) != tuple(own[k].shape):
                 raise ValueError(f"refit: {k} is {tuple(s.shape)} in the trainer, {tuple(own[k].shape)} here")
             else:
@@ -233,14 +231,19 @@ class Generator:
             if use_kv_cache:  # the last sampled token is never fed back: P + N - 1 positions
                 hd = self.cfg.d_model // self.cfg.n_heads
                 cache = KVCache(self.cfg.n_layers, B, self.cfg.n_heads, P + N - 1, hd, compute_dtype(self.name),
-                                dev, fp8=self.kv_fp8)
+                                dev, fp8=self.kv_fp8, headroom=self.kv_headroom)
                 logits = self.model(tokens[:, :P], cache=cache, pos=0)[:, -1]
             else:
                 logits = self.model(tokens[:, :-1])[:, P - 1]
+            kept = None  # [B, N, V] once a step truncates; rows after a stop stay False (masked out)
             for t in range(N):
-                tok, lp_t, lpu_t = sample_step(logits, temperature, top_k, top_p, rng)
+                tok, lp_t, lpu_t, kept_t = sample_step(logits, temperature, top_k, top_p, rng)
                 tok = torch.where(done, pad, tok)
                 tokens[:, P + t], mask[:, t] = tok, ~done
+                if kept_t is not None:
+                    if kept is None:
+                        kept = torch.zeros(B, N, kept_t.shape[-1], dtype=torch.bool, device=dev)
+                    kept[:, t] = kept_t & ~done[:, None]
                 lp[:, t], lpu[:, t] = lp_t.masked_fill(done, 0.0), lpu_t.masked_fill(done, 0.0)
                 if eos_id is not None:
                     done = done | (tok == eos_id)
@@ -251,7 +254,8 @@ class Generator:
             sat = cache.saturation_frac() if cache is not None else 0.0
         # Clones made outside inference mode are ordinary tensors, which the trainer's autograd
         # may use (an inference tensor cannot be saved for backward, e.g. as embedding indices).
-        return Rollout(tokens.clone(), mask.clone(), lp.clone(), lpu.clone(), sat)
+        return Rollout(tokens.clone(), mask.clone(), lp.clone(), lpu.clone(),
+                       None if kept is None else kept.clone(), sat)
 
     def score(self, tokens: torch.Tensor, prompt_len: int, temperature: float = 1.0) -> torch.Tensor:
         """Log-probs [B, N] of tokens[:, prompt_len:] under this engine's model and precision, by one
@@ -264,5 +268,6 @@ class Generator:
             out = token_logprobs(self.model(tokens[:, :-1])[:, P - 1:], tokens[:, P:], T)
         return out.clone()
 
-    def fp8_modules(self) -> dict[str, FP8InferenceLinear]:
-        return dict(self._fp8)
+    def quantized_modules(self) -> dict[str, torch.nn.Module]:
+        """The Linears the inference engine swapped in, by dotted name."""
+        return dict(self._quantized)
