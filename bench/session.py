@@ -195,6 +195,9 @@ class Session:
         if not self.dist.is_main:
             return
         self.summary["wall_s"] = round(time.time() - self.t0 + self.wall_before, 3)
+        # The plans change mid-run (fallback): each summary says which modules ran FP8, from when.
+        if getattr(self, "plans", None):
+            self.summary["precision"] = {side: plan.summary() for side, plan in self.plans.items()}
         rundir.write_summary(self.run_dir, self.summary)
 
     def finish(self, status: str | None = None, step: int | None = None) -> int:

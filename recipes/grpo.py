@@ -26,7 +26,6 @@ import hydra
 import torch
 
 from bench import distributed
-from bench.errors import BadInput
 from bench.eval import evaluate
 from bench.events import Event
 from bench.generation import Generator
@@ -36,11 +35,11 @@ from bench.precision.engines import apply_precision, plan_precision
 from bench.recipe_utils import check_overrides, print_precision_state
 from bench.rl.batch import RolloutBatch, Scored
 from bench.rl.grpo import GRPOConfig, group_advantages, masked_mean, token_entropy
-from bench.rl.importance import check_options, importance_weights
+from bench.rl.importance import importance_weights
 from bench.rl.mismatch import mismatch_metrics
 from bench.rl.plots import plot_worst_sequence
 from bench.rl.rollout_shards import local_shards, resolve_shards, shard_seed
-from bench.rl.truncation import kept_logprobs, kept_mask_from_logits, truncated
+from bench.rl.truncation import kept_logprobs
 from bench.rl.update import ppo_update
 from bench.rl.warmstart import load_policy_weights, supervised_warmup
 from bench.session import Session, multirun_dir, run_recipe, typed
@@ -64,26 +63,14 @@ class Parts:
 
 def build(s: Session) -> Parts:
     cfg, device = s.cfg, s.device
+    # Every value below was checked by the session's one validation pass (bench/config/validate.py).
     g = typed(GRPOConfig, cfg.grpo, "grpo")
-    if (reason := g.validate()) is not None:
-        raise BadInput(reason)
-    isc = cfg.is_correction
-    try:
-        check_options(isc.mode, isc.cap, isc.lo, isc.hi, isc.veto, isc.lower_cap)
-    except ValueError as e:
-        raise BadInput(f"is_correction: {e}") from None
-    try:
-        shards = resolve_shards(g.rollout_shards, s.dist.world, g.prompts_per_step, g.group_size, g.minibatches)
-    except ValueError as e:
-        raise BadInput(str(e)) from None
-    if (reason := distributed.check_parallel(cfg.parallel, cfg.trainer_precision.name, cfg.policy.action)):
-        raise BadInput(reason)
-    if s.task.prompt_len == 0:
-        raise BadInput(f"task={s.task.name} has no prompts or verifiable reward; valid for grpo: addition, reversal")
+    shards = resolve_shards(g.rollout_shards, s.dist.world, g.prompts_per_step, g.group_size, g.minibatches)
     torch.manual_seed(cfg.seed)
     model = Transformer(s.model_cfg).to(device)
     plan, engine = plan_precision(model, cfg.trainer_precision, device)  # validates before compute
-    generator = Generator(s.model_cfg, cfg.generator_precision, device, kv_cache_dtype=cfg.generator.kv_cache_dtype)
+    generator = Generator(s.model_cfg, cfg.generator_precision, device, kv_cache_dtype=cfg.generator.kv_cache_dtype,
+                          kv_cache_headroom=cfg.generator.kv_cache_headroom)
     # The policy loss is ~0 by construction and the grad norm heavy-tailed: no one-step spike
     # detector; watch the trends that mean something in RL (bench/numerics/policy.py).
     policy = s.instability_policy(signals=("grad_norm", "reward", "entropy"), spikes=())
@@ -137,11 +124,8 @@ def rollout_shard(s: Session, p: Parts, step: int, shard: int) -> RolloutBatch:
     lp_old = token_logprobs(logits, targets, T)
     lp_ref = None if ref_logits is None else token_logprobs(ref_logits, targets, T)
     lp_old_kept, lp_behav = lp_old, ro.logprobs_untruncated
-    if truncated(g.top_k, g.top_p, logits.shape[-1]):
-        kept = getattr(ro, "kept_mask", None)
-        if kept is None:  # a generator without kept_mask: the trainer's own set (see truncation.py)
-            kept = kept_mask_from_logits(logits, targets, g.top_k, g.top_p, T)
-        lp_old_kept, lp_behav = kept_logprobs(logits, targets, kept, T), ro.logprobs
+    if ro.kept_mask is not None:  # top-k/top-p: IS compares the two sides over the generator's kept set
+        lp_old_kept, lp_behav = kept_logprobs(logits, targets, ro.kept_mask, T), ro.logprobs
     scored = Scored(ro.logprobs_untruncated, lp_behav, lp_old, lp_old_kept, ro.response_mask, rewards,
                     group_advantages(rewards, g.group_size, g.std_scaling), token_entropy(logits, T))
     return RolloutBatch(problems, ro.tokens, scored, lp_ref, ro.kv_saturation_frac, P)
@@ -158,6 +142,7 @@ def train(s: Session) -> int:
         start = s.restore_common(s.resume_state)
     s.open(cfg.steps, start, model)
     s.summary["engines"] = {"trainer": p.plan.engine, "generator": p.generator.engine_name}
+    s.plans = {"trainer": p.plan, "generator": p.generator.plan}  # summary.json: modules, fallbacks
     s.summary["warmstart"] = s.warmstart
     if s.dist.is_main:
         print_precision_state({"trainer": p.plan, "generator": p.generator.plan}, model, device)

@@ -14,7 +14,6 @@ import hydra
 import torch
 
 from bench import distributed
-from bench.errors import BadInput
 from bench.eval import evaluate
 from bench.lm_loss import masked_cross_entropy
 from bench.model import Transformer
@@ -28,8 +27,6 @@ from bench.training import OptimConfig, Trainer
 
 def train(s: Session) -> int:
     cfg, task, device = s.cfg, s.task, s.device
-    if (reason := distributed.check_parallel(cfg.parallel, cfg.precision.name, cfg.policy.action)):
-        raise BadInput(reason)
 
     # 1. Model and precision: plan (validates recipe, engine, shapes), then swap the Linears.
     torch.manual_seed(cfg.seed)
@@ -53,6 +50,7 @@ def train(s: Session) -> int:
         stress.rehook(model)
     s.open(cfg.steps, start, model)
     s.summary["engines"] = {"precision": plan.engine}
+    s.plans = {"precision": plan}  # summary.json: FP8 modules and fallbacks (with their step)
     if s.dist.is_main:
         print_precision_state({"precision": plan}, model, device)
 

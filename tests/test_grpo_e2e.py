@@ -53,7 +53,7 @@ def test_fp8_generator_run_logs_every_mismatch_is_and_rl_metric_each_step(tmp_pa
     assert {s["step"] for s in samples} == {2, 4} and {"prompt", "answer", "completion", "reward"} <= set(samples[0])
     summary = json.loads((d / "summary.json").read_text())
     assert summary["status"] == "completed"
-    assert summary["engines"]["generator"] == "w8a8" and summary["engines"]["trainer"] == "torch.autocast"
+    assert summary["engines"]["generator"] == "inference" and summary["engines"]["trainer"] == "torch.autocast"
     assert summary["warmstart"]
 
 
