@@ -7,7 +7,7 @@ import torch.nn as nn
 
 import fp4_reference as ref
 from bench.errors import BadInput
-from bench.generation.fp8_inference import FP8InferenceLinear
+from bench.precision.inference import InferenceLinear as FP8InferenceLinear
 from bench.precision.fp4_inference import FP4InferenceLinear, swap_linears_to_fp4
 
 

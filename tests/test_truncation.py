@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from bench.generation.engine import sample_step, truncate_logits
+from bench.generation.generator import sample_step, truncate_logits
 from bench.rl.importance import importance_weights
 from bench.rl.truncation import kept_logprobs, kept_mask_from_logits, truncated
 
@@ -45,7 +45,7 @@ def test_is_ratio_is_the_truncated_trainer_over_the_sampled_distribution(logits)
     T, top_p = 1.0, 0.9
     B, N, V = z_gen.shape
     rng = torch.Generator().manual_seed(1)
-    tok, lp_behav, lp_gen_full = sample_step(z_gen.reshape(B * N, V), T, 0, top_p, rng)
+    tok, lp_behav, lp_gen_full, _ = sample_step(z_gen.reshape(B * N, V), T, 0, top_p, rng)
     tok, lp_behav, lp_gen_full = tok.view(B, N), lp_behav.view(B, N), lp_gen_full.view(B, N)
     kept = torch.isfinite(truncate_logits(z_gen / T, 0, top_p))
     mask = torch.ones(B, N, dtype=torch.bool)

@@ -1,7 +1,7 @@
 """Log-probs under a truncated (top-k / top-p) sampling distribution, for importance weights.
 
 With top-k or top-p the generator does not sample from p_g = softmax(z_g / T) but from its
-truncation to a kept set K (bench/generation/engine.py `truncate_logits`, applied to z_g / T):
+truncation to a kept set K (bench/generation/generator.py `truncate_logits`, applied to z_g / T):
 
     q_g(y) = p_g(y) / Σ_{v∈K} p_g(v)          for y ∈ K, 0 outside.
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.generation.engine import truncate_logits
+from bench.generation.generator import truncate_logits
 
 
 def truncated(top_k: int, top_p: float, vocab: int) -> bool:
