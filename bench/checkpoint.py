@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import random
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 
 from bench.errors import BadInput
-from bench.rundir import atomic_write_text
+from bench import atomic
 
 
 def rng_state() -> dict:
@@ -39,13 +38,8 @@ def save_file(path: Path, state: dict) -> Path:
     buf = io.BytesIO()
     torch.save(state, buf)
     data = buf.getvalue()
-    tmp = path.with_suffix(".pt.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    atomic_write_text(path.with_suffix(".pt.sha256"), hashlib.sha256(data).hexdigest() + "\n")
+    atomic.write_bytes(path, data)
+    atomic.write_text(path.with_suffix(".pt.sha256"), hashlib.sha256(data).hexdigest() + "\n")
     return path
 
 

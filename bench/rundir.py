@@ -20,31 +20,20 @@ import json
 import math
 import os
 import platform
-import tempfile
 from pathlib import Path
 
 import torch
 
-from bench import runlock
+from bench import atomic, runlock
 from bench.errors import BadInput
 
 FILES = ("config.yaml", "metrics.jsonl", "events.jsonl", "evals.jsonl", "summary.json")
 JSONL = ("metrics.jsonl", "events.jsonl", "evals.jsonl", "samples.jsonl", "attribution.jsonl")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temp file in the same directory, fsync, then rename over the target."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+# One atomic-write helper for the whole package (bench/atomic.py); the old local copy here also
+# swallowed write errors.
+atomic_write_text = atomic.write_text
 
 
 def _jsonable(v):
