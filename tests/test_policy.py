@@ -30,8 +30,8 @@ def test_no_spike_score_before_min_history():
 
 
 @pytest.mark.parametrize("action,skip,halt", [("log", False, False), ("skip_step", True, False),
-                                               ("halt", False, True), ("fallback", True, False)])
-def test_loss_spike_becomes_event_with_the_policy_action(action, skip, halt):
+                                               ("halt", False, False), ("fallback", True, False)])
+def test_loss_spike_becomes_event_with_the_policy_action_and_halt_only_logs_it(action, skip, halt):
     p, events = policy(action)
     for i in range(15):
         assert not p.check(i, 1.0 + 0.01 * (i % 3), 1.0, 0).skip
@@ -39,7 +39,8 @@ def test_loss_spike_becomes_event_with_the_policy_action(action, skip, halt):
     assert (d.skip, d.halt) == (skip, halt)
     kinds = [e["kind"] for e in events]
     assert events[0]["stat"] == "z"  # a z-score, never to be read as a loss
-    assert kinds[0] == "loss_spike" and events[0]["action"] == ("skip_step" if action == "fallback" else action)
+    expected = {"fallback": "skip_step", "halt": "log"}.get(action, action)
+    assert kinds[0] == "loss_spike" and events[0]["action"] == expected
     if halt:
         assert kinds[-1] == "halt"
     if skip:
@@ -97,8 +98,8 @@ def test_spike_detectors_run_only_for_the_recipes_spike_signals(spikes):
     for i in range(15):
         p.check(i, 1e-3 * (i % 3), 1.0 + 0.01 * (i % 3), 0)
     assert not p.check(15, 50.0, 1.0, 0).halt and events == []  # never a loss spike here
-    assert p.check(16, 0.0, 80.0, 0).halt == bool(spikes)
-    assert [e["kind"] for e in events] == (["grad_spike", "halt"] if spikes else [])
+    assert not p.check(16, 0.0, 80.0, 0).halt  # a spike under halt is logged; trends halt
+    assert [e["kind"] for e in events] == (["grad_spike"] if spikes else [])
     assert p.check(17, math.nan, 1.0, 0).halt  # nonfinite is always checked
 
 
