@@ -65,6 +65,27 @@ def acquire(run_dir: Path) -> Held:
     return held
 
 
+def live_holder(run_dir: Path) -> str | None:
+    """"pid host" of another live process holding `run_dir`'s lock, else None. A probe: takes
+    and drops the flock on its own descriptor, so it never keeps the lock (validation uses it to
+    name the running writer before anything else is said about the dir)."""
+    key = Path(run_dir).resolve()
+    if key in _HELD or not (key / LOCK_NAME).is_file():
+        return None
+    try:
+        fd = os.open(key / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 256, 0).decode(errors="replace").strip() or "? ?"
+    finally:
+        os.close(fd)
+
+
 def held(run_dir: Path) -> Held | None:
     return _HELD.get(Path(run_dir).resolve())
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from bench import runlock
 from bench.config.checks import need
 
 # What a run *is*: changing any of these mid-run would make its files describe two different runs.
@@ -41,6 +42,10 @@ def check_run_dir(path: Path, resume: bool) -> None:
     except OSError as e:
         need(False, f"run_dir={path} cannot be created: {existing} is not writable ({e.strerror}); "
                     f"valid: a path on a writable file system")
+    if (holder := runlock.live_holder(path)) is not None:  # a running writer: name it, whatever else holds
+        pid, host = (holder.split() + ["?", "?"])[:2]
+        need(False, f"run_dir={path} is in use by pid {pid} on host {host} (lock {path / runlock.LOCK_NAME}); "
+                    f"valid: wait for that run to end, or choose another run_dir")
     if not resume:
         need(not (path.is_dir() and any(path.iterdir())),
              f"run_dir={path} already holds a run; pass resume=true to continue it "
