@@ -4,9 +4,10 @@
 
 "Off" replaces the session's PhaseTimer by one that only reads the clock at the step's two ends
 (the step time must still be measured to compare): no phase bookkeeping, module-level `phase()`
-a no-op, DDP's comm hook on its async path. Runs alternate on/off so machine drift hits both.
+a no-op, DDP's comm hook on its async path. Runs alternate on/off (and who goes first) so machine drift hits both.
 Prints, per setting, the mean step time over steps 1..N-2 of each run (step 0 warms up, the last
-step evaluates and checkpoints), and the number of phase blocks a step opens (timer on), which
+step evaluates and checkpoints), the median over steps of the paired ratio (same seed, same step:
+the same work, timer on vs off), and the number of phase blocks a step opens (timer on), which
 times the micro-benchmark's per-block cost (`python -m bench.timing`) is the timer's own cost.
 """
 from __future__ import annotations
@@ -83,17 +84,23 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     args, overrides = ap.parse_known_args()
     overrides = [f"steps={args.steps}", *overrides]
-    means = {"on": [], "off": []}
+    steps = {"on": [], "off": []}
+    ratios = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
-            for name, cls in (("on", CountingTimer), ("off", NullTimer)):
+            order = (("on", CountingTimer), ("off", NullTimer))
+            got = {}
+            for name, cls in (order if i % 2 == 0 else order[::-1]):  # alternate who goes first
                 CountingTimer.entries = 0
-                t = run(overrides, cls, Path(tmp) / f"{name}{i}")
-                means[name].append(statistics.fmean(t))
+                got[name] = run(overrides, cls, Path(tmp) / f"{name}{i}")
+                steps[name] += got[name]
                 extra = f", {CountingTimer.entries / args.steps:.1f} phase blocks/step" if name == "on" else ""
-                print(f"timer {name:>3} run {i}: mean step {1e3 * means[name][-1]:.1f} ms{extra}", flush=True)
-    on, off = statistics.fmean(means["on"]), statistics.fmean(means["off"])
-    print(f"timer on {1e3 * on:.1f} ms, off {1e3 * off:.1f} ms per step: {100 * (on / off - 1):+.2f}%")
+                print(f"timer {name:>3} run {i}: mean step {1e3 * statistics.fmean(got[name]):.1f} ms{extra}", flush=True)
+            # Same seed, same step: the same rollout and update, so step k on vs step k off is a pair.
+            ratios += [a / b for a, b in zip(got["on"], got["off"])]
+    on, off = statistics.fmean(steps["on"]), statistics.fmean(steps["off"])
+    print(f"timer on {1e3 * on:.1f} ms, off {1e3 * off:.1f} ms per step (means: {100 * (on / off - 1):+.2f}%); "
+          f"median of {len(ratios)} paired step ratios on/off: {100 * (statistics.median(ratios) - 1):+.2f}%")
 
 
 if __name__ == "__main__":
