@@ -143,3 +143,14 @@ def test_ddp_gradient_all_reduce_is_timed_into_comm_and_still_averages(tmp_path)
         assert torch.equal(model.weight.grad, ref.weight.grad) and torch.equal(model.bias.grad, ref.bias.grad)
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("arg, needle", [("timing.energy=nvml", "timing.energy=nvml: NVML measures NVIDIA GPUs"),
+                                         ("timing.sync_interval=-1", "timing.sync_interval=-1 must be >= 0"),
+                                         ("timing.energy=gpu", "timing.energy='gpu'; valid: auto, nvml, rapl, off")])
+def test_bad_timing_config_is_one_line_before_the_run_dir_exists(tmp_path, arg, needle):
+    from bench.errors import BadInput
+
+    with pytest.raises(BadInput, match=needle.replace("(", r"\(")):
+        run_in_process("pretrain", PRETRAIN + [f"run_dir={tmp_path / 'r'}", arg, "device=cpu"])
+    assert not (tmp_path / "r").exists()
