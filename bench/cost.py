@@ -38,6 +38,26 @@ def run_cost(metrics: list[dict], summary: dict | None = None, skip: int = 1) ->
             "tokens_per_s": _mean(rows, "train/tokens_per_s"), "j_per_token": jpt}
 
 
+def variant_cost(costs: list[dict]) -> dict:
+    """A variant's figures over its runs (seeds): the mean of each run's figure, over the runs that
+    measured it (None when none did). Equal weight per seed: each seed is one sample of the cost."""
+    def avg(vals):
+        vals = [v for v in vals if v is not None]
+        return fmean(vals) if vals else None
+
+    timed = [c for c in costs if c["phase_s"]]
+    return {"steps": sum(c["steps"] for c in costs), "runs": len(costs),
+            "step_s": avg(c["step_s"] for c in costs),
+            "phase_s": {p: fmean(c["phase_s"][p] for c in timed) for p in PHASES} if timed else {},
+            "rollout_s": avg(c["rollout_s"] for c in costs), "tokens_per_s": avg(c["tokens_per_s"] for c in costs),
+            "j_per_token": avg(c["j_per_token"] for c in costs)}
+
+
+def measured(delta: dict) -> bool:
+    """Whether a cost delta holds any figure (a run without timing or energy has none)."""
+    return any(delta[k] is not None for k in ("rollout", "step", "tokens_per_s", "j_per_token"))
+
+
 def _mean(rows: list[dict], key: str) -> float | None:
     vals = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
     return fmean(vals) if vals else None
@@ -59,12 +79,17 @@ def cost_delta(base: dict, var: dict) -> dict:
 def cost_line(label: str, delta: dict, accuracy_delta: float | None = None) -> str:
     """One verdict line: the saving (rollout, step, throughput, energy) beside the accuracy change.
     A figure that was not measured on either side is left out, never shown as 0."""
+    return f"{label}: " + (saving(delta, accuracy_delta) if measured(delta) else "no time or energy measured")
+
+
+def saving(delta: dict, accuracy_delta: float | None = None) -> str:
+    """The figures of `cost_line` without its label: 'rollout -31.0%, step -18.2%, ...'."""
     parts = [f"{name} {delta[key] * 100:+.1f}%" for name, key in
              (("rollout", "rollout"), ("step", "step"), ("tokens/s", "tokens_per_s"), ("energy/token", "j_per_token"))
              if delta[key] is not None]
     if accuracy_delta is not None:
         parts.append(f"accuracy {accuracy_delta:+.3f}")
-    return f"{label}: " + (", ".join(parts) if parts else "no time or energy measured")
+    return ", ".join(parts)
 
 
 def split_table(costs: dict[str, dict]) -> str:

@@ -77,7 +77,40 @@ def wrap(model: torch.nn.Module, info: DistInfo, mode: str = "ddp") -> torch.nn.
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    return DDP(model)
+    ddp = DDP(model)
+    ddp.register_comm_hook(None, timed_allreduce_hook)
+    return ddp
+
+
+def timed_allreduce_hook(group, bucket):
+    """DDP comm hook: the gradient bucket's all-reduce (mean over ranks), charged to `comm`.
+
+    DDP all-reduces gradient buckets from inside `backward()` (C++ autograd hooks), so no Python
+    wrapper of `dist.all_reduce` sees them: without this hook they are part of `update`. What the
+    default hook does: divide the bucket by the world size, launch an async all-reduce, and let the
+    reducer wait for it at the end of backward, so the transfer overlaps the remaining backward.
+    An overlapped interval is not a phase of its own (phases are disjoint intervals of the step),
+    so on steps whose phases are device-honest (bench.timing.device_honest: CPU, or a sampled CUDA
+    step) the all-reduce runs BLOCKING inside `phase("comm")`: comm then holds each bucket's full
+    transfer plus the wait for the slowest rank, and `update` holds the compute only. The price is
+    the overlap on those steps (on CPU/gloo small: one 25 MB bucket holds a small model's grads, so
+    its all-reduce starts at the end of backward anyway). On unsampled CUDA steps it is DDP's
+    own async path, untimed (charged to `update`), so the run keeps its overlap. The hook runs on
+    the autograd thread while the main thread waits in backward(), so the timer's phase stack is
+    still used by one thread at a time. Mean, not sum: as DDP's default (`allreduce_hook`)."""
+    from bench.timing import device_honest, phase
+
+    group = group if group is not None else dist.group.WORLD
+    buf = bucket.buffer()
+    buf.div_(dist.get_world_size(group))
+    if not device_honest():
+        work = dist.all_reduce(buf, group=group, async_op=True)
+        return work.get_future().then(lambda fut: fut.value()[0])
+    with phase("comm"):
+        dist.all_reduce(buf, group=group)
+    fut = torch.futures.Future()
+    fut.set_result(buf)
+    return fut
 
 
 def check_parallel(parallel: str, precision: str, policy_action: str) -> str | None:

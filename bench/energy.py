@@ -172,6 +172,36 @@ class EnergyMeter:
             out["energy/j_per_token"] = uj / (1e6 * tokens)  # one rounding: 1e6 * tokens is exact
         return out
 
+    def add_rows(self, rows: list[dict]) -> None:
+        """Resume: count the energy of the steps already in metrics.jsonl (their `energy/step_j`;
+        tokens recovered as step_j / j_per_token, rounded: they are integers)."""
+        for r in rows:
+            j = r.get("energy/step_j")
+            if not isinstance(j, (int, float)):
+                continue
+            self.total_uj += round(j * 1e6)
+            jpt = r.get("energy/j_per_token")
+            if isinstance(jpt, (int, float)) and jpt > 0:
+                self.tokens_uj += round(j * 1e6)
+                self.total_tokens += round(j / jpt)
+
+    def run_summary(self, info=None) -> dict:
+        """summary.json's `energy` for the whole run. info: the torchrun DistInfo (None: this
+        process alone; every rank must call it together). NVML (per-device counters): the ranks'
+        joules and tokens are summed. RAPL (node_wide: every rank reads the same packages of one
+        node): rank 0's reading alone, with the node's tokens. `ranks` says which."""
+        out = self.summary()
+        if self.source is None or info is None or not info.enabled:
+            return out
+        if self.node_wide:
+            return {**out, "ranks": "node (rank 0's reading of the shared packages)"}
+        from bench import distributed
+
+        total, tok_uj, tokens = (distributed.mean(float(x), info) * info.world
+                                 for x in (self.total_uj, self.tokens_uj, self.total_tokens))
+        return {"source": self.source, "total_j": total / 1e6, "j_per_token": tok_uj / (1e6 * tokens) if tokens else None,
+                "ranks": info.world}
+
     def summary(self) -> dict:
         """summary.json's `energy`: joules over the measured steps (begin..end, so between-step
         work such as an eval outside the timed step is not in it) and joules per token over the

@@ -8,14 +8,22 @@ bookkeeping, so a recipe's loop is only its step:
 
     with s.running(monitor.close):
         for step in range(start, cfg.steps):
-            ...one step...
-            if not s.end_step(step, metrics, decision.halt, evaluate, state):
+            s.begin_step(step)
+            with s.phase("update"): ...one step...
+            if not s.end_step(step, metrics, decision.halt, evaluate, state, tokens=n):
                 break
     return s.finish()
+
+Where the time goes (bench/timing.py, docs/timing.md): the session owns the step's PhaseTimer and
+EnergyMeter. `end_step` times the policy's watch (`monitor`), the eval and the checkpoint of the
+step inside it, then closes the step and logs its row LAST, so `train/step_time_s` and the
+`time/*` split include them. Collectives called through `torch.distributed.<name>` anywhere in
+the loop are charged to `comm` (`running` opens `timed_collectives`).
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import sys
 import time
@@ -30,11 +38,13 @@ from omegaconf import OmegaConf
 from bench import checkpoint as ckpt
 from bench import distributed, rundir, runlock
 from bench.config import pick_device, validate  # noqa: F401  (pick_device: re-exported)
+from bench.energy import EnergyMeter
 from bench.errors import BadInput
 from bench.events import Event
 from bench.logger import NullLogger, RunLogger
 from bench.model import ModelConfig
 from bench.numerics.policy import InstabilityPolicy
+from bench.timing import PhaseTimer, TimingConfig, check_config, timed_collectives
 
 
 def typed(schema, node, what: str):
@@ -55,6 +65,12 @@ class Session:
         self.cfg, self.recipe = cfg, recipe
         self.model_cfg: ModelConfig = checked.model
         self.task, self.device, self.resume_state = checked.task, checked.device, checked.resume_state
+        # Timing and energy: a bad value or a named counter this machine cannot read is bad input
+        # here, before the process group and the run dir (the RAPL counter starts reading now).
+        timing = typed(TimingConfig, cfg.timing, "timing")
+        check_config(timing)
+        self.energy = EnergyMeter.create(self.device, timing.energy)
+        self.timer = PhaseTimer(timing, self.device, energy=self.energy)
         self.resume = cfg.resume
         self.dist = distributed.init(self.device)
         if self.dist.is_main:  # rank 0 alone creates and owns the run dir
@@ -85,7 +101,13 @@ class Session:
         # The files must read as one run: move aside what followed the checkpoint. (A checkpoint
         # from before sizes were recorded cannot say where to cut: its files are left as they are.)
         if self.resume_state is not None and "jsonl_sizes" in self.resume_state:
-            cut = rundir.cut_back(self.run_dir, self.resume_state["jsonl_sizes"], time.strftime("%Y%m%dT%H%M%S"))
+            sizes = dict(self.resume_state["jsonl_sizes"])
+            if self.resume_state.get("row_pending") is not None and "metrics.jsonl" in sizes:
+                sizes["metrics.jsonl"] = _with_row(self.run_dir / "metrics.jsonl", sizes["metrics.jsonl"],
+                                                   self.resume_state["row_pending"])
+            cut = rundir.cut_back(self.run_dir, sizes, time.strftime("%Y%m%dT%H%M%S"))
+        if self.resume_state is not None:  # summary.json's time/energy totals cover the kept rows too
+            self.timer.add_rows(_rows(self.run_dir / "metrics.jsonl"))
         rundir.atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
         self.log = RunLogger(self.run_dir, self.cfg.logger, self.resolved, total_steps, start_step,
                              resume=self.resume, wall_offset=self.wall_before)
@@ -121,43 +143,81 @@ class Session:
     @contextmanager
     def running(self, *closers):
         """The training loop's frame: an exception marks the run failed (and propagates); the
-        closers (monitor hooks, ...) run however the loop ends. Then `return s.finish()`."""
+        closers (monitor hooks, ...) run however the loop ends. Then `return s.finish()`.
+        Inside it every `torch.distributed.<collective>` call is charged to the `comm` phase."""
         try:
-            yield self
+            with timed_collectives():
+                yield self
         except Exception:
+            self.timer.abort_step()  # the half-done step has no row; detach module-level phase()
             self.finish("failed", self.steps_done)
             raise
         finally:
             for close in closers:
                 close()
 
+    # --- steps ------------------------------------------------------------------------------
+    def begin_step(self, step: int) -> None:
+        """Open step `step`'s timer (and energy reading); `end_step` closes it."""
+        self.timer.begin_step(step)
+
+    def phase(self, name: str):
+        """`with s.phase("update"):` times the block into the open step (bench/timing.py)."""
+        return self.timer.phase(name)
+
     def end_step(self, step: int, metrics: dict, halt: bool, evaluate: Callable[[int], dict],
-                 state: Callable[[], dict]) -> bool:
-        """Everything after step `step`'s update: log its metrics, feed the trend detectors,
-        evaluate every eval_every steps, checkpoint every checkpoint_every steps (and at the end,
-        and on a stop request), stop. Returns False when the loop must end (diverged or
-        preempted; `self.status` says which). `evaluate(steps_done)` returns the eval values
-        (called only where this rank evaluates); `state()` the recipe's checkpoint state (called
-        on every rank: under FSDP gathering it is a collective)."""
+                 state: Callable[[], dict], tokens: int | None = None, counted_tokens: int | None = None) -> bool:
+        """Everything after step `step`'s update: feed the trend detectors, evaluate every
+        eval_every steps, checkpoint every checkpoint_every steps (and at the end, and on a stop
+        request), then close the step's timer and log its row (with its `time/*`, `energy/*`,
+        `train/step_time_s` and `train/tokens_per_s`). Returns False when the loop must end
+        (diverged or preempted; `self.status` says which). `evaluate(steps_done)` returns the eval
+        values (called only where this rank evaluates); `state()` the recipe's checkpoint state
+        (called on every rank: under FSDP gathering it is a collective). tokens: this rank's
+        tokens of the step (its device's joules per token); counted_tokens: the numerator of
+        tokens/s (default: tokens)."""
+        go = self._after_update(step, metrics, halt, evaluate, state)
+        self.log_step(step, metrics, tokens, counted_tokens)
+        return go
+
+    def _after_update(self, step, metrics, halt, evaluate, state) -> bool:
         cfg, done = self.cfg, step + 1
-        self.log_metrics(step, metrics)
-        if self.policy is not None:
-            halt = self.policy.watch(step, metrics).halt or halt
+        with self.timer.phase("monitor"):
+            if self.policy is not None:
+                halt = self.policy.watch(step, metrics).halt or halt
         if distributed.from_main(halt, self.dist):
             self.status, self.steps_done = "diverged", step  # the step that diverged is not done
             return False
         self.steps_done = done
-        if (done % cfg.eval_every == 0 or done == cfg.steps) and self.run_eval(done, evaluate):
-            self.status = "diverged"
-            return False
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            with self.timer.phase("eval"):
+                halted = self.run_eval(done, evaluate)
+            if halted:
+                self.status = "diverged"
+                return False
         stop = self.should_stop(done)
         if stop:  # before the checkpoint, so its recorded JSONL sizes include the event
             self.emit(Event(done, "preempt", self.stop_requested, done, 0, "checkpoint_and_exit", stat="step"))
         if done % cfg.checkpoint_every == 0 or done == cfg.steps or stop:
-            self.save(done, state())
+            with self.timer.phase("checkpoint"):
+                self.save(done, state(), row_pending=step)
         if stop:
             self.status = "preempted"
         return not stop
+
+    def log_step(self, step: int, metrics: dict, tokens: int | None = None, counted_tokens: int | None = None):
+        """Close the open step and log its row. Written after the step's checkpoint (whose JSONL
+        sizes therefore end before this row: `row_pending` lets resume keep it)."""
+        # RAPL reads the whole node's packages: under torchrun (one node) its joules are every
+        # rank's, so they are divided by every rank's tokens (equal shards).
+        node = self.energy.node_wide and tokens is not None and self.dist.enabled
+        metrics.update(self.timer.end_step(tokens * self.dist.world if node else tokens))
+        dt = self.timer.step_s
+        n = tokens if counted_tokens is None else counted_tokens
+        metrics["train/step_time_s"] = dt  # the step's wall time: the sum of its phases and `other`
+        if n is not None:
+            metrics["train/tokens_per_s"] = n / dt if dt > 0 else 0.0
+        self.log_metrics(step, metrics)
 
     def run_eval(self, steps_done: int, evaluate: Callable[[int], dict]) -> bool:
         """Evaluate where this rank evaluates, log it (rank 0), and return whether the policy halts."""
@@ -195,6 +255,8 @@ class Session:
         if not self.dist.is_main:
             return
         self.summary["wall_s"] = round(time.time() - self.t0 + self.wall_before, 3)
+        self.summary["time"] = self.timer.summary()
+        self.summary["energy"] = getattr(self, "energy_final", None) or self.energy.summary()
         # The plans change mid-run (fallback): each summary says which modules ran FP8, from when.
         if getattr(self, "plans", None):
             self.summary["precision"] = {side: plan.summary() for side, plan in self.plans.items()}
@@ -207,6 +269,8 @@ class Session:
         step = self.steps_done if step is None else step
         regressions = self.policy.eval_regressions if self.policy is not None else []
         self.summary.update({"status": status, "steps_completed": step, "eval_regressions": regressions})
+        # A failed rank may be alone here: no collective, this rank's energy only.
+        self.energy_final = self.energy.run_summary(self.dist if status != "failed" else None)
         self.write_summary()
         code = {"completed": 0, "preempted": 0, "diverged": 1}.get(status, 1)
         self.log.close(code)
@@ -238,19 +302,41 @@ class Session:
         return halt
 
     # --- checkpoints ------------------------------------------------------------------------
-    def save(self, step: int, state: dict):
+    def save(self, step: int, state: dict, row_pending: int | None = None):
         """Checkpoint `state` plus what every recipe needs to continue as one run: RNG, wall
-        time, and the size of each JSONL file (resume cuts the files back to it)."""
+        time, and the size of each JSONL file (resume cuts the files back to it). row_pending:
+        the step whose metrics row is written right after this checkpoint (its time includes the
+        checkpoint), which resume keeps when it directly follows the recorded size."""
         if not self.dist.is_main:
             return
         state = {**state, "step": step, "rng": ckpt.rng_state(), "wall_s": time.time() - self.t0 + self.wall_before,
-                 "jsonl_sizes": rundir.jsonl_sizes(self.run_dir)}
+                 "jsonl_sizes": rundir.jsonl_sizes(self.run_dir), "row_pending": row_pending}
         ckpt.save(self.run_dir / "checkpoints", step, state, keep=int(self.cfg.keep_checkpoints))
 
     def restore_common(self, state: dict) -> int:
         ckpt.set_rng_state(state["rng"])
         self.wall_before = float(state.get("wall_s", 0.0))
         return int(state["step"])
+
+
+def _with_row(path: Path, size: int, step: int) -> int:
+    """`size`, extended by the next line of `path` when that is the complete metrics row of `step`
+    (the row end_step writes after the step's checkpoint)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(size)
+            line = f.readline()
+        row = json.loads(line) if line.endswith(b"\n") else None
+    except (OSError, ValueError):
+        return size
+    return size + len(line) if isinstance(row, dict) and row.get("step") == step else size
+
+
+def _rows(path: Path) -> list[dict]:
+    """The metrics rows of a (cut back) metrics.jsonl; none when it does not exist."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def run_recipe(cfg, recipe: str, body) -> None:

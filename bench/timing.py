@@ -123,6 +123,15 @@ def phase(name: str):
     return _NULL if t is None or t._t0 is None else t.phase(name)
 
 
+def device_honest() -> bool:
+    """Whether a phase opened now measures device time: a step is open and either the device is
+    synchronous (CPU) or this step is sampled (its boundaries synchronise). The DDP comm hook
+    (bench/distributed.py) serialises its all-reduce only then, so unsampled CUDA steps keep
+    DDP's overlap of gradient communication with the backward."""
+    t = _ACTIVE
+    return t is not None and t._t0 is not None and (t._sync is None or t.sampled)
+
+
 class PhaseTimer:
     """Exclusive per-phase wall time of each step; see the module docstring for what it means.
 
@@ -220,6 +229,18 @@ class PhaseTimer:
         self._t0 = None
         if _ACTIVE is self:
             _ACTIVE = None
+
+    def add_rows(self, rows: list[dict]) -> None:
+        """Resume: add the steps already in metrics.jsonl (their `time/<phase>_s`) to the totals,
+        and their energy to the meter's, so summary.json covers the whole run, not the segment."""
+        for r in rows:
+            if "time/other_s" not in r:
+                continue
+            self.steps += 1
+            for p in PHASES:
+                self.totals_ns[p] += round(r[f"time/{p}_s"] * 1e9)
+        if self.energy is not None and hasattr(self.energy, "add_rows"):
+            self.energy.add_rows(rows)
 
     def summary(self) -> dict:
         """summary.json's `time`: total seconds per phase over the ended steps and their fractions

@@ -21,6 +21,7 @@ from bench.numerics.policy import Decision, InstabilityPolicy
 from bench.events import Event
 from bench.precision.mixed import autocast_context
 from bench.precision.plan import PrecisionPlan
+from bench.timing import phase
 
 
 @dataclass
@@ -96,12 +97,13 @@ class Trainer:
             # FSDP2: the norm of sharded DTensor grads is itself a DTensor; the global value.
             grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         scaler_overflow = self.scaler.is_enabled() and not math.isfinite(grad_norm)
-        numerics = self.monitor.collect()
-        detections = self.numerics_detections(bool(numerics))
-        loss_value = distributed.mean(loss_value, self.dist)  # the global batch's loss on every rank
-        decision = self.policy.check(step, loss_value, None if scaler_overflow else grad_norm,
-                                     self.monitor.nonfinite_count(), detections)
-        decision = distributed.from_main(decision, self.dist)
+        with phase("monitor"):  # the numerics checks; their collectives are comm (nested)
+            numerics = self.monitor.collect()
+            detections = self.numerics_detections(bool(numerics))
+            loss_value = distributed.mean(loss_value, self.dist)  # the global batch's loss on every rank
+            decision = self.policy.check(step, loss_value, None if scaler_overflow else grad_norm,
+                                         self.monitor.nonfinite_count(), detections)
+            decision = distributed.from_main(decision, self.dist)
         if scaler_overflow:  # fp16: the scaler skips the update and backs the scale off
             self.emit(Event(step, "skip_step", "loss_scaler", float("inf"), float(self.scaler.get_scale()),
                             "skip_step").to_dict())

@@ -18,7 +18,6 @@ N-process run's tokens exactly (bench/rl/rollout_shards.py).
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,9 +110,17 @@ def rollout_shard(s: Session, p: Parts, step: int, shard: int) -> RolloutBatch:
     problems = [q for q in problems for _ in range(g.group_size)]  # prompt-major groups
     prompts = task.encode_prompts(problems).to(device)
     rng = torch.Generator(device=device).manual_seed(shard_seed(cfg.seed, step, shard))
-    ro = p.generator.generate(prompts, max_new_tokens=g.max_new_tokens or task.seq_len - task.prompt_len,
-                              temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, eos_id=EOS, generator=rng,
-                              use_kv_cache=cfg.generator.use_kv_cache)
+    with s.phase("rollout_decode"):  # the generator times its prefill inside (nested: subtracted)
+        ro = p.generator.generate(prompts, max_new_tokens=g.max_new_tokens or task.seq_len - task.prompt_len,
+                                  temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, eos_id=EOS,
+                                  generator=rng, use_kv_cache=cfg.generator.use_kv_cache)
+    with s.phase("score"):
+        return score_shard(s, p, problems, prompts, ro)
+
+
+def score_shard(s: Session, p: Parts, problems: list, prompts: torch.Tensor, ro) -> RolloutBatch:
+    """Rewards, group advantages and the trainer's (and reference's) no-grad log-probs of a rollout."""
+    task, device, g = s.task, s.device, p.g
     P, T = prompts.shape[1], g.temperature
     rewards = torch.tensor([task.reward(q, task.completion_text(r)) for q, r in zip(problems, ro.tokens[:, P:])],
                            device=device)
@@ -161,29 +168,34 @@ def train(s: Session) -> int:
         if start == 0:  # the warm-started policy: the start every later eval is compared with
             s.run_eval(0, run_eval)
         for step in range(start, cfg.steps):
-            t0 = time.perf_counter()
-            p.generator.refit(model)
+            s.begin_step(step)  # time/<phase>_s of this step, eval and checkpoint included (bench/timing.py)
+            with s.phase("refit"):
+                p.generator.refit(model)
             batch = RolloutBatch.cat([rollout_shard(s, p, step, j) for j in local_shards(p.shards, s.dist)])
-            # The global batch on every rank: mismatch, IS (batch_normalize) and rollout numbers
-            # are statistics of the whole batch; then keep this rank's rows of the IS weights.
-            glob = batch.scored.gathered(s.dist)
-            mm = mismatch_metrics(glob.lp_gen, glob.lp_old, glob.mask)
-            w, is_metrics = importance_weights(glob.lp_behav, glob.lp_old_kept, glob.mask, mode=isc.mode, cap=isc.cap,
-                                               lo=isc.lo, hi=isc.hi, veto=isc.veto,
-                                               batch_normalize=isc.batch_normalize, lower_cap=isc.lower_cap)
-            if s.dist.is_main and mm["mismatch/token_mult_prob_error"] > cfg.mismatch_spike_threshold:
-                png = plot_worst_sequence(glob.lp_gen, glob.lp_old, glob.mask,
-                                          s.run_dir / f"mismatch_step{step:05d}.png", step)
-                s.emit(Event(step, "mismatch_spike", png.name, mm["mismatch/token_mult_prob_error"],
-                             cfg.mismatch_spike_threshold, stat="token_mult_prob_error"))
-            up = ppo_update(batch, glob, distributed.shard(w, s.dist), g, p.forward, trainer, p.monitor, step,
-                            opt_step, p.shards, s.dist, tag_opt_step=lambda n: setattr(s, "opt_step", n))
+            with s.phase("score"):
+                # The global batch on every rank: mismatch, IS (batch_normalize) and rollout numbers
+                # are statistics of the whole batch; then keep this rank's rows of the IS weights.
+                glob = batch.scored.gathered(s.dist)
+                mm = mismatch_metrics(glob.lp_gen, glob.lp_old, glob.mask)
+                w, is_metrics = importance_weights(glob.lp_behav, glob.lp_old_kept, glob.mask, mode=isc.mode,
+                                                   cap=isc.cap, lo=isc.lo, hi=isc.hi, veto=isc.veto,
+                                                   batch_normalize=isc.batch_normalize, lower_cap=isc.lower_cap)
+            with s.phase("monitor"):
+                if s.dist.is_main and mm["mismatch/token_mult_prob_error"] > cfg.mismatch_spike_threshold:
+                    png = plot_worst_sequence(glob.lp_gen, glob.lp_old, glob.mask,
+                                              s.run_dir / f"mismatch_step{step:05d}.png", step)
+                    s.emit(Event(step, "mismatch_spike", png.name, mm["mismatch/token_mult_prob_error"],
+                                 cfg.mismatch_spike_threshold, stat="token_mult_prob_error"))
+            with s.phase("update"):
+                up = ppo_update(batch, glob, distributed.shard(w, s.dist), g, p.forward, trainer, p.monitor, step,
+                                opt_step, p.shards, s.dist, tag_opt_step=lambda n: setattr(s, "opt_step", n))
             opt_step = up.opt_step
-            dt = time.perf_counter() - t0
-            metrics = {**up.metrics, "train/step_time_s": dt,
-                       "train/tokens_per_s": glob.mask.shape[0] * batch.tokens.shape[1] / dt,  # all ranks' rows
-                       **mm, **is_metrics, **rollout_metrics(glob), **kv_metrics(p.generator, batch, s)}
-            if not s.end_step(step, metrics, up.halt, run_eval, state):
+            with s.phase("monitor"):
+                metrics = {**up.metrics, **mm, **is_metrics, **rollout_metrics(glob),
+                           **kv_metrics(p.generator, batch, s)}
+            # tokens: this rank's rows (its device's joules); tokens/s counts all ranks' rows, as before
+            if not s.end_step(step, metrics, up.halt, run_eval, state, tokens=batch.tokens.numel(),
+                              counted_tokens=glob.mask.shape[0] * batch.tokens.shape[1]):
                 break
     return s.finish()
 

@@ -64,18 +64,23 @@ def train(s: Session) -> int:
     with s.running(monitor.close):
         for step in range(start, cfg.steps):
             t0 = time.perf_counter()
-            monitor.begin_step(step)
-            stress.set_step(step)
-            batch = task.lm_batch("train", cfg.batch_size, cfg.seed * 1_000_003 + step)
-            inputs, targets, mask = (distributed.shard(t, s.dist).to(device) for t in batch)
-            with trainer.context():
-                logits = forward(inputs)
-            loss = masked_cross_entropy(logits, targets, mask)
-            trainer.backward(loss)
-            metrics, decision = trainer.step(step, float(loss.detach()), int(mask.numel()), t0)
-            if decision.fallback:
-                stress.rehook(model)
-            if not s.end_step(step, metrics, decision.halt, run_eval, state):
+            s.begin_step(step)  # time/<phase>_s of this step, eval and checkpoint included (bench/timing.py)
+            with s.phase("monitor"):
+                monitor.begin_step(step)
+                stress.set_step(step)
+            with s.phase("data_wait"):
+                batch = task.lm_batch("train", cfg.batch_size, cfg.seed * 1_000_003 + step)
+                inputs, targets, mask = (distributed.shard(t, s.dist).to(device) for t in batch)
+            with s.phase("update"):  # forward, backward, optimizer; DDP's all-reduce is comm (its hook)
+                with trainer.context():
+                    logits = forward(inputs)
+                loss = masked_cross_entropy(logits, targets, mask)
+                trainer.backward(loss)
+                metrics, decision = trainer.step(step, float(loss.detach()), int(mask.numel()), t0)
+                if decision.fallback:
+                    stress.rehook(model)
+            # tokens: this rank's shard (its device's joules; tokens/s as Trainer.step counts it)
+            if not s.end_step(step, metrics, decision.halt, run_eval, state, tokens=int(mask.numel())):
                 break
     return s.finish()
 

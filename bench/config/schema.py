@@ -30,6 +30,7 @@ from bench.numerics.policy import PolicyConfig  # the policy group's schema live
 from bench.precision.recipes import ScalingRecipe
 from bench.rl.grpo import GRPOConfig
 from bench.tasks import TASKS
+from bench.timing import TimingConfig  # timing group: sync_interval, energy (bench/timing.py)
 from bench.training import OptimConfig
 
 
@@ -196,6 +197,7 @@ class RunConfig:
     logger: LoggerConfig = MISSING
     monitor: MonitorConfig = MISSING
     policy: PolicyConfig = MISSING
+    timing: TimingConfig = MISSING    # per-phase step time and energy (bench/timing.py, bench/energy.py)
 
 
 @dataclass

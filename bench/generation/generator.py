@@ -56,6 +56,7 @@ from bench.generation.kvcache import KVCache
 from bench.model import ModelConfig, Transformer, rope_tables, token_logprobs
 from bench.precision.mixed import autocast_context, compute_dtype
 from bench.precision.plan import apply_precision, plan_precision
+from bench.timing import phase
 
 
 @dataclass
@@ -222,35 +223,37 @@ class Generator:
             eos_id = None  # no token can match it: never stops (benchmarks pass -1)
         pad = 0 if eos_id is None else eos_id  # fills positions after a stop (and not yet sampled)
         with torch.inference_mode(), self.context():
-            tokens = torch.full((B, P + N), pad, dtype=torch.long, device=dev)
-            tokens[:, :P] = prompts.to(dev)
-            mask = torch.zeros(B, N, dtype=torch.bool, device=dev)
-            lp, lpu = torch.zeros(B, N, device=dev), torch.zeros(B, N, device=dev)
-            done = torch.zeros(B, dtype=torch.bool, device=dev)
-            cache = None
-            if use_kv_cache:  # the last sampled token is never fed back: P + N - 1 positions
-                hd = self.cfg.d_model // self.cfg.n_heads
-                cache = KVCache(self.cfg.n_layers, B, self.cfg.n_heads, P + N - 1, hd, compute_dtype(self.name),
-                                dev, fp8=self.kv_fp8, headroom=self.kv_headroom)
-                logits = self.model(tokens[:, :P], cache=cache, pos=0)[:, -1]
-            else:
-                logits = self.model(tokens[:, :-1])[:, P - 1]
-            kept = None  # [B, N, V] once a step truncates; rows after a stop stay False (masked out)
-            for t in range(N):
-                tok, lp_t, lpu_t, kept_t = sample_step(logits, temperature, top_k, top_p, rng)
-                tok = torch.where(done, pad, tok)
-                tokens[:, P + t], mask[:, t] = tok, ~done
-                if kept_t is not None:
-                    if kept is None:
-                        kept = torch.zeros(B, N, kept_t.shape[-1], dtype=torch.bool, device=dev)
-                    kept[:, t] = kept_t & ~done[:, None]
-                lp[:, t], lpu[:, t] = lp_t.masked_fill(done, 0.0), lpu_t.masked_fill(done, 0.0)
-                if eos_id is not None:
-                    done = done | (tok == eos_id)
-                if t == N - 1 or (eos_id is not None and bool(done.all())):
-                    break
-                logits = (self.model(tok[:, None], cache=cache, pos=P + t)[:, -1] if use_kv_cache
-                          else self.model(tokens[:, :-1])[:, P + t])
+            with phase("rollout_prefill"):  # buffers, KV cache and the prompt forward (bench/timing.py)
+                tokens = torch.full((B, P + N), pad, dtype=torch.long, device=dev)
+                tokens[:, :P] = prompts.to(dev)
+                mask = torch.zeros(B, N, dtype=torch.bool, device=dev)
+                lp, lpu = torch.zeros(B, N, device=dev), torch.zeros(B, N, device=dev)
+                done = torch.zeros(B, dtype=torch.bool, device=dev)
+                cache = None
+                if use_kv_cache:  # the last sampled token is never fed back: P + N - 1 positions
+                    hd = self.cfg.d_model // self.cfg.n_heads
+                    cache = KVCache(self.cfg.n_layers, B, self.cfg.n_heads, P + N - 1, hd, compute_dtype(self.name),
+                                    dev, fp8=self.kv_fp8, headroom=self.kv_headroom)
+                    logits = self.model(tokens[:, :P], cache=cache, pos=0)[:, -1]
+                else:
+                    logits = self.model(tokens[:, :-1])[:, P - 1]
+            with phase("rollout_decode"):  # the sampling loop, one forward per token
+                kept = None  # [B, N, V] once a step truncates; rows after a stop stay False (masked out)
+                for t in range(N):
+                    tok, lp_t, lpu_t, kept_t = sample_step(logits, temperature, top_k, top_p, rng)
+                    tok = torch.where(done, pad, tok)
+                    tokens[:, P + t], mask[:, t] = tok, ~done
+                    if kept_t is not None:
+                        if kept is None:
+                            kept = torch.zeros(B, N, kept_t.shape[-1], dtype=torch.bool, device=dev)
+                        kept[:, t] = kept_t & ~done[:, None]
+                    lp[:, t], lpu[:, t] = lp_t.masked_fill(done, 0.0), lpu_t.masked_fill(done, 0.0)
+                    if eos_id is not None:
+                        done = done | (tok == eos_id)
+                    if t == N - 1 or (eos_id is not None and bool(done.all())):
+                        break
+                    logits = (self.model(tok[:, None], cache=cache, pos=P + t)[:, -1] if use_kv_cache
+                              else self.model(tokens[:, :-1])[:, P + t])
             sat = cache.saturation_frac() if cache is not None else 0.0
         # Clones made outside inference mode are ordinary tensors, which the trainer's autograd
         # may use (an inference tensor cannot be saved for backward, e.g. as embedding indices).

@@ -263,6 +263,7 @@ def build(paths_or_runs, out, baseline_variant: str | None = None) -> tuple[Path
              f"{len(runs)} runs in {len(variants)} variants; seeds pooled per variant.", ""]
     if cost:
         lines += verdict.markdown(cost, base)
+    lines += verdict.split(variants)
     lines += tables(variants, base)
     lines += ["## Plots", ""]
     drawn = 0

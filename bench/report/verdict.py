@@ -10,6 +10,10 @@ Per candidate variant, against the baseline variant (the all-bf16 one unless tol
   events     counts by kind over all seeds
   verdict    the gate's outcome under the default rules for the recipe (conf/gate/<recipe>.yaml)
              with the baseline variant's runs as the baseline, in words
+  cost       what the precision saves, next to the damage (bench/cost.py): the variant's mean over
+             seeds of rollout time, step time, tokens/s and joules per token (when a counter
+             measured them), relative to the baseline's, and Δ accuracy: "rollout −x%, step −y%,
+             energy/token −z%, accuracy +0.010". Only what both sides measured is shown.
 When a variant uses IS correction and the same precisions without it are in the report with an
 accuracy drop, the verdict adds how much of that drop the correction recovers.
 """
@@ -20,6 +24,7 @@ from collections import Counter
 
 import numpy as np
 
+from bench import cost as costs
 from bench.errors import BadInput
 from bench.events import KINDS
 from bench.report import baseline as bl
@@ -95,6 +100,7 @@ def summarize(variants: dict[str, Variant], base: str, alpha: float = ALPHA) -> 
     except BadInput as e:  # e.g. mixed recipes: the table still shows the differences
         note = f"gate not run: {e}"
     acc_of = {n: diff(_acc(rec), _acc(brec), alpha) for n, rec in record["variants"].items()}
+    spent = variant_costs(variants)
     rows = []
     for name, rec in record["variants"].items():
         if name == base:
@@ -109,10 +115,30 @@ def summarize(variants: dict[str, Variant], base: str, alpha: float = ALPHA) -> 
         if plain in acc_of and acc_of[plain][0] < 0 and not math.isnan(acc_of[name][0]):
             recovered = 1 - acc_of[name][0] / acc_of[plain][0]
         words = note or _words([v for v in verdicts if v.variant == name], acc_of[name], recovered)
+        delta = costs.cost_delta(spent[base], spent[name])
+        acc = None if math.isnan(acc_of[name][0]) else acc_of[name][0]
         rows.append({"variant": name, "acc": acc_of[name], "reward": diff(_reward(rec), _reward(brec), alpha),
                      "tmpe": mism[0], "k3": mism[1],
-                     "events": ", ".join(f"{k} {ev[k]}" for k in KINDS if ev[k]) or "none", "verdict": words})
+                     "events": ", ".join(f"{k} {ev[k]}" for k in KINDS if ev[k]) or "none", "verdict": words,
+                     "cost": costs.saving(delta, acc) if costs.measured(delta) else None})
     return rows
+
+
+def variant_costs(variants: dict[str, Variant]) -> dict[str, dict]:
+    """Each variant's time and energy figures (bench.cost.variant_cost over its runs)."""
+    return {name: costs.variant_cost([costs.run_cost(r.metrics, r.summary) for r in v.runs])
+            for name, v in variants.items()}
+
+
+def split(variants: dict[str, Variant]) -> list[str]:
+    """"Where the time goes": each variant's mean step and its phase split (none without timing)."""
+    spent = {n: c for n, c in variant_costs(variants).items() if c["phase_s"]}
+    if not spent:
+        return []
+    return ["## Where the time goes", "",
+            "Mean step time over the synced steps after the first (eval and checkpoint steps included) "
+            "and each phase's share of it (`time/<phase>_s`, bench/timing.py); mean over seeds.", "",
+            costs.split_table(spent), ""]
 
 
 def _g(x: float) -> str:
@@ -124,15 +150,18 @@ def markdown(rows: list[dict], base: str, alpha: float = ALPHA) -> list[str]:
              f"Against `{base}`. Δ = variant − baseline, ± the {100 * (1 - 2 * alpha):g}% Welch interval; "
              f"acc: final held-out accuracy; reward: mean of the last 5 steps; tmpe / k3: the variant's "
              f"token_mult_prob_error and gen_kl_k3 (last 5 steps); verdict: `fp8bench gate` with the default "
-             f"rules (non-inferiority).", "",
-             "| variant | Δ acc | Δ reward | tmpe | gen k3 | events | verdict |", "|---|---|---|---|---|---|---|"]
+             f"rules (non-inferiority); cost: the variant's time and energy relative to the baseline's "
+             f"(−: it saves) beside its Δ accuracy.", "",
+             "| variant | Δ acc | Δ reward | tmpe | gen k3 | events | cost | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cells = [r["variant"], pm(*r["acc"][:2]), pm(*r["reward"][:2]), _g(r["tmpe"]), _g(r["k3"]), r["events"],
-                 r["verdict"]]
+                 r["cost"] or "—", r["verdict"]]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     return lines + [""]
 
 
 def console(rows: list[dict], base: str) -> list[str]:
     """The same rows as short lines: `<variant>: <verdict>` (vs <base>)."""
-    return [f"What precision cost (vs {base}):"] + [f"  {r['variant']}: {r['verdict']}" for r in rows]
+    return [f"What precision cost (vs {base}):"] + [
+        f"  {r['variant']}: {r['verdict']}" + (f"; {r['cost']}" if r["cost"] else "") for r in rows]
