@@ -9,7 +9,7 @@ from bench.config import schema
 from bench.errors import BadInput
 from helpers import CONF, compose_cfg
 
-GROUPS = ["model", "task", "precision", "optim", "logger", "monitor", "policy", "stress"]
+GROUPS = ["model", "task", "precision", "optim", "logger", "monitor", "policy", "stress", "timing"]
 GRPO_GROUPS = ["trainer_precision", "generator_precision", "is_correction"]
 
 
@@ -65,7 +65,7 @@ def test_launcher_configs_compose(launcher):
 # --- one place per default ------------------------------------------------------------------
 SINGLE_SCHEMA_GROUPS = {"model": schema.ModelConfig, "optim": schema.OptimConfig, "logger": schema.LoggerConfig,
                         "monitor": schema.MonitorConfig, "policy": schema.PolicyConfig, "stress": schema.StressConfig,
-                        "is_correction": schema.ISCorrection}
+                        "is_correction": schema.ISCorrection, "timing": schema.TimingConfig}
 
 
 def leaves(node, prefix=""):

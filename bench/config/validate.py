@@ -78,6 +78,7 @@ def validate(cfg, recipe: str, dirs: bool = True) -> Checked:
     check_logger(cfg.logger)
     check_monitor(cfg.monitor)
     check_policy(cfg.policy)
+    check_timing(cfg.timing, device)
     check_parallel(cfg, sides[0])
     if recipe == "pretrain":
         check_stress(cfg.stress, meta)
@@ -156,3 +157,16 @@ def check_parallel(cfg, side: str) -> None:
 def check_divisible(key: str, n: int) -> None:
     world = world_size()
     need(n % world == 0, f"{key}={n} is not divisible by the {world} ranks; valid: a multiple of {world}")
+
+
+def check_timing(t, device) -> None:
+    """Timing knobs and the energy source (an explicit source this machine cannot read is bad
+    input here, so a sweep refuses it before any job starts)."""
+    from omegaconf import OmegaConf
+
+    from bench.energy import EnergyMeter
+    from bench.timing import check_config
+
+    timing = OmegaConf.to_object(t)
+    check_config(timing)
+    EnergyMeter.create(device, timing.energy)  # raises BadInput for a source not readable here
