@@ -1,4 +1,6 @@
-"""FP8 recipe definitions (DESIGN.md §5): the knobs, and the named defaults.
+"""Scaling recipe definitions (DESIGN.md §5): the knobs, and the named defaults. FP8 here; the FP4
+recipes nvfp4 and mxfp4 are registered by bench/precision/fp4_registry.py (E2M1 elements, their
+own quantizer and linears).
 
 | name           | scaling    | granularity                                  | fwd / grad  |
 |----------------|------------|----------------------------------------------|-------------|
@@ -50,6 +52,10 @@ class ScalingRecipe:
     mx_block: int = 32                # mx: 1 x mx_block blocks along the reduction dim
     mx_scale_rounding: str = "rceil"  # mx: rceil (TE, hardware cast; never saturates) | floor (OCP MX v1.0)
     fast_accum: bool = True           # CUDA forward GEMM only: fp8 tensor-core fast accumulation
+    # FP4 training switches (nvfp4, mxfp4: bench/precision/fp4.py; no effect on the FP8 scalings)
+    weight_2d: bool = False           # nvfp4: weights in 16x16 tiles (else 1x16 along K)
+    rht: bool = False                 # 16-point random Hadamard transform on the wgrad operands
+    stochastic_rounding: bool = False # gradients (grad_output) rounded stochastically
     eps: float = 1e-12                # amax floor in s = max / max(amax, eps): s stays finite
 
     def __post_init__(self):
@@ -142,6 +148,11 @@ def get_recipe(spec) -> ScalingRecipe:
     return dataclasses.replace(RECIPES[name], **fields)
 
 
+# A registered scaling may bring its own shape rule (fn(recipe, out_features, in_features) -> why
+# or None), used by validate_shape instead of the FP8 rules below (the FP4 block rules, fp4.py).
+SHAPE_CHECKS: dict = {}
+
+
 def validate_shape(recipe, out_features: int, in_features: int) -> str | None:
     """Why a Linear [out_features, in_features] cannot run this recipe, or None if it can.
 
@@ -151,6 +162,8 @@ def validate_shape(recipe, out_features: int, in_features: int) -> str | None:
     hardware block-scaled GEMMs have no partial blocks). The token dim M is padded by the engines
     and not checked here."""
     r = get_recipe(recipe)
+    if r.scaling in SHAPE_CHECKS:
+        return SHAPE_CHECKS[r.scaling](r, out_features, in_features)
     bad = [f"{n}={v}" for n, v in (("in_features", in_features), ("out_features", out_features)) if v % 16]
     if bad:
         return f"FP8 GEMMs need in_features and out_features divisible by 16 ({', '.join(bad)})"
