@@ -32,6 +32,9 @@ from dataclasses import dataclass
 SCALINGS = ["delayed", "tensorwise", "rowwise", "blockwise", "mx"]  # grows with register_recipe
 FORMAT_NAMES = ["e4m3", "e5m2"]                                      # grows with register_recipe
 ROLES = ("input", "weight", "grad_output")
+# The element formats each scaling's quantizer handles (a scaling override must not cross from FP8
+# to FP4 or back: an FP8 name with scaling=nvfp4 would cast E4M3 through the E2M1 quantizer).
+SCALING_FORMATS: dict[str, set[str]] = {s: {"e4m3", "e5m2"} for s in SCALINGS}
 _CHOICES = {"scaling": SCALINGS, "fwd_format": FORMAT_NAMES, "grad_format": FORMAT_NAMES,
             "amax_compute_algo": ("max", "most_recent"), "mx_scale_rounding": ("floor", "rceil")}
 _POSITIVE = ("amax_history_len", "act_block", "weight_block", "mx_block")
@@ -62,6 +65,11 @@ class ScalingRecipe:
         for k, valid in _CHOICES.items():
             if getattr(self, k) not in valid:
                 raise ValueError(f"precision.{k}={getattr(self, k)!r} for {self.name}; valid: {', '.join(valid)}")
+        fmts = SCALING_FORMATS[self.scaling]
+        if not {self.fwd_format, self.grad_format} <= fmts:
+            valid = [s for s, f in SCALING_FORMATS.items() if {self.fwd_format, self.grad_format} <= f]
+            raise ValueError(f"precision.scaling={self.scaling!r} for {self.name} casts {'/'.join(sorted(fmts))}, not "
+                             f"{self.fwd_format}/{self.grad_format}; valid: {', '.join(valid) or '-'}")
         for k in _POSITIVE:
             if int(getattr(self, k)) <= 0:
                 raise ValueError(f"precision.{k}={getattr(self, k)} for {self.name} must be a positive integer")
@@ -97,6 +105,7 @@ def register_recipe(name: str, scaling: str, fwd_format: str, grad_format: str, 
             FORMAT_NAMES.append(f)
     if scaling not in SCALINGS:
         SCALINGS.append(scaling)
+    SCALING_FORMATS.setdefault(scaling, set()).update((fwd_format, grad_format))
     RECIPES[name] = ScalingRecipe(name, scaling, fwd_format, grad_format, **fields)
     return RECIPES[name]
 

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The FP4 positive control (issue 13, docs/findings.md "## FP4 positive control"): bf16/bf16 against
+# a bf16 trainer with an NVFP4 W4A4 generator, uncorrected, with TIS and with icepop; then the gate
+# against bf16/bf16. Not part of scripts/run.sh's default matrix (keeps that under 10 minutes).
+#   scripts/run_fp4_control.sh                       # 3 seeds, 40 steps, the 4 cells below
+#   FP4_CELLS=glob(*) scripts/run_fp4_control.sh     # every conf/matrix_fp4 cell (W4A16 too)
+# Extra arguments are Hydra overrides for every run (e.g. grpo.temperature=0.5 to change the regime).
+# Exits with the gate's code (0 pass, 1 regression, 3 inconclusive).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${PY:-}" ]; then scripts/setup.sh; PY=.venv/bin/python; fi
+export WANDB_MODE=${WANDB_MODE:-offline}
+out=${FP4_OUT:-runs/fp4_control/$(date +%Y%m%d_%H%M%S)}
+cells=${FP4_CELLS:-bf16-bf16,bf16-nvfp4,bf16-nvfp4-tis,bf16-nvfp4-icepop}
+mkdir -p "$out"
+
+# The shared warm start is trained once, before the parallel jobs race to build it.
+$PY -m recipes.grpo steps=1 eval_problems=8 "run_dir=$out/warmup_probe" logger=disabled "$@" >/dev/null
+rm -rf "$out/warmup_probe"
+
+$PY -m recipes.grpo -m "+matrix_fp4=$cells" "seed=${FP4_SEEDS:-0,1,2}" "steps=${FP4_STEPS:-40}" \
+    "hydra.sweep.dir=$out/runs" hydra/launcher=joblib hydra.launcher.n_jobs=${FP4_JOBS:-2} threads=1 \
+    logger.progress=false "$@"
+
+set +e
+$PY -m bench.cli gate --baseline "$out/runs/*matrix_fp4=bf16-bf16*" --rules conf/gate/grpo.yaml \
+    --markdown "$out/gate.md" "$out/runs" >"$out/gate.txt"
+verdict=$?
+set -e
+tail -n 20 "$out/gate.txt"
+echo "gate: $out/gate.md  exit code: $verdict (0 pass, 1 regression, 3 inconclusive)"
+exit $verdict
