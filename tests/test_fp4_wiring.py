@@ -20,7 +20,7 @@ from bench.precision.fp4_inference import FP4InferenceLinear
 from bench.precision.fp4_linear import ReferenceFP4Linear
 from bench.precision.mixed import autocast_context
 from bench.precision.plan import apply_precision, plan_precision
-from helpers import compose_cfg, read_jsonl, run_cli, run_in_process
+from helpers import CONF, compose_cfg, read_jsonl, run_cli, run_in_process
 
 CFG = ModelConfig(vocab_size=128, d_model=128, n_layers=2, n_heads=4, d_ff=384, max_seq_len=48)
 P = 7
@@ -185,6 +185,17 @@ def test_fp4_precision_files_are_the_registered_recipes_with_the_staged_rollout(
     g = compose_cfg("grpo", ["+matrix_fp4=bf16-nvfp4-w4a16-icepop"])
     assert (g.generator_precision.name, g.generator_precision.weights_only, g.is_correction.mode) == \
         ("nvfp4", True, "icepop")
+
+
+@pytest.mark.parametrize("cell", sorted(p.stem for p in (CONF / "matrix_fp4").glob("*.yaml")))
+def test_every_fp4_matrix_cell_composes_and_passes_validation(cell):
+    from bench.config.validate import validate
+
+    cfg = compose_cfg("grpo", [f"+matrix_fp4={cell}"])
+    assert cfg.trainer_precision.name == "bf16" and cfg.generator_precision.name in ("bf16", "nvfp4")
+    assert cfg.generator_precision.get("weights_only", False) == ("w4a16" in cell)
+    assert cfg.is_correction.mode == {"tis": "tis", "icepop": "icepop"}.get(cell.rsplit("-", 1)[-1], "none")
+    validate(cfg, "grpo", dirs=False)
 
 
 @pytest.mark.parametrize("args,needle", [
