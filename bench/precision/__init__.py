@@ -1,4 +1,4 @@
-"""Precision: FP8 formats and scaling recipes, quantizers, numerics stats, the reference FP8
+"""Precision: FP8 and FP4 (nvfp4, mxfp4: fp4_registry.py) formats and scaling recipes, quantizers, numerics stats, the reference FP8
 linear, the inference linear, the engines, and the planner both sides go through. The stable API
 (DESIGN.md §10) is `fake_quantize`; entry points use `plan_precision` and `apply_precision`."""
 from bench.precision.formats import FORMATS, Float8Format
