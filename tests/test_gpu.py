@@ -22,7 +22,7 @@ def test_real_scaled_mm_matches_the_dequantized_product_on_cuda():
     assert float((got.double() - ref).norm() / ref.norm()) < 1e-5
 
 
-@pytest.mark.parametrize("recipe", list(RECIPES))
+@pytest.mark.parametrize("recipe", [n for n, r in RECIPES.items() if r.fwd_format != "e2m1"])  # FP8 linear only
 def test_reference_linear_trains_on_cuda_under_bf16_autocast(recipe):
     lin = torch.nn.Linear(256, 128, bias=False, device="cuda")
     m = ReferenceFP8Linear.from_linear(lin, recipe, "l")

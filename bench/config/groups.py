@@ -38,8 +38,8 @@ def check_precision(node, side: str, meta: nn.Module, device) -> None:
     if node.name in HIGH_PRECISION:
         return
     check_keep(node.keep_high_precision, f"{side}.keep_high_precision", meta)
-    try:
-        plan_precision(meta, node, device)
+    try:  # the generator side plans as the generator (its engines, weights_only), not as a trainer
+        plan_precision(meta, node, device, side="generator" if side == "generator_precision" else "trainer")
     except BadInput as e:
         raise BadInput(str(e) if side == "precision" else f"{side}: {e}") from None
 

@@ -108,6 +108,41 @@ PRECISION_SCHEMAS = {"high": HighPrecision, "fp16": FP16Precision, "fp8": FP8Pre
                      "fp8_delayed": DelayedPrecision, "fp8_blockwise": BlockwisePrecision, "mx": MXPrecision}
 
 
+# --- precision: FP4 recipes (nvfp4, mxfp4; bench/precision/fp4_registry.py) --------------------
+# Each knob's default is the registered recipe's (RECIPES, from fp4.FP4_DEFAULTS): read, not copied.
+# No scaling/format keys: an FP4 recipe's name fixes its element format and block.
+def _fp4_knob(recipe: str, knob: str):
+    from bench.precision.recipes import RECIPES
+
+    return getattr(RECIPES[recipe], knob)
+
+
+@dataclass
+class FP4Precision:
+    """An FP4 recipe (DESIGN.md §5 nvfp4/mxfp4): planning keys as FP8Precision's, and the switches."""
+    name: str = MISSING
+    engine: str = "auto"          # auto (reference trainer / inference generator) | reference | inference
+    weights_only: bool = False    # generator side only: W4A16 (activations stay in the compute dtype)
+    keep_high_precision: KeepHighPrecision = field(default_factory=KeepHighPrecision)
+
+
+@dataclass
+class NVFP4Precision(FP4Precision):
+    weight_2d: bool = _fp4_knob("nvfp4", "weight_2d")    # 16x16 weight tiles (false: 1x16 along K)
+    rht: bool = _fp4_knob("nvfp4", "rht")                # random Hadamard transform on the wgrad operands
+    stochastic_rounding: bool = _fp4_knob("nvfp4", "stochastic_rounding")  # of gradients
+
+
+@dataclass
+class MXFP4Precision(FP4Precision):
+    rht: bool = _fp4_knob("mxfp4", "rht")
+    stochastic_rounding: bool = _fp4_knob("mxfp4", "stochastic_rounding")
+    mx_scale_rounding: str = _fp4_knob("mxfp4", "mx_scale_rounding")  # floor (OCP spec) | rceil
+
+
+PRECISION_SCHEMAS.update(nvfp4=NVFP4Precision, mxfp4=MXFP4Precision)
+
+
 # --- the other groups -----------------------------------------------------------------------
 @dataclass
 class ISCorrection:

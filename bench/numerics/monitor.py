@@ -14,6 +14,13 @@ Shadow recipes: on the same sampled steps, every Linear's tensors are also pushe
 recipes (`numerics/shadow/<recipe>/<role>/...` aggregates), so one bf16 run predicts how each
 FP8 recipe would fare on it.
 
+FP4 recipes (nvfp4, mxfp4): the FP4 linear reports bench.precision.fp4_stats.fp4_quant_stats,
+which adds `scale_sat_frac` (block decode scales clamped at 448 / outside E8M0) and
+`zero_block_frac` (blocks flushed whole to zero) to the stats above; they are logged per module
+and as the aggregates `numerics/{scale_sat_frac_max,zero_block_frac_max}`. The policy raises a
+zero_block_frac above `policy.zero_block_frac` as an `underflow` event (stat zero_block_frac).
+FP4 shadow recipes go through the same FP4 stats.
+
 Every step, sampled or not: non-finite activations (a device counter), and the elements each
 FP8 cast clamped to ±max (the reference linear's per-role device counters, `clamp_fracs`). Both
 are read with one host sync per step, so an overflow (e.g. a one-step amax jump under delayed
@@ -30,11 +37,22 @@ import torch
 import torch.nn as nn
 
 from bench.precision.formats import FORMATS
+from bench.precision.fp4_stats import fp4_quant_stats
 from bench.precision.quantize import AmaxHistory, quantize
 from bench.precision.recipes import ScalingRecipe, get_recipe
 from bench.precision.stats import quant_stats
 
 STATS = ("amax", "scale", "overflow_frac", "underflow_frac", "sqnr_db")
+FP4_STATS = ("scale_sat_frac", "zero_block_frac")  # logged where a record has them (FP4 casts)
+
+
+def _cast_stats(x2: torch.Tensor, recipe: ScalingRecipe, role: str, history: AmaxHistory | None = None) -> dict:
+    """The stats of casting x2 with `recipe` in `role`: FP8 (quant_stats) or FP4 (fp4_quant_stats,
+    told apart by the E2M1 element format, which FORMATS does not hold)."""
+    q = quantize(x2, recipe, role, history=history)
+    if recipe.format_for(role) not in FORMATS:
+        return fp4_quant_stats(x2, q)
+    return quant_stats(x2, q, FORMATS[recipe.format_for(role)])
 
 
 def _as_2d(x: torch.Tensor) -> torch.Tensor:
@@ -45,9 +63,13 @@ def _aggregate(records: dict[tuple[str, str], dict], prefix: str) -> dict[str, f
     if not records:
         return {}
     vals = list(records.values())
-    return {f"{prefix}overflow_frac_max": max(v["overflow_frac"] for v in vals),
-            f"{prefix}underflow_frac_max": max(v["underflow_frac"] for v in vals),
-            f"{prefix}sqnr_db_min": min(v["sqnr_db"] for v in vals)}
+    out = {f"{prefix}overflow_frac_max": max(v["overflow_frac"] for v in vals),
+           f"{prefix}underflow_frac_max": max(v["underflow_frac"] for v in vals),
+           f"{prefix}sqnr_db_min": min(v["sqnr_db"] for v in vals)}
+    for k in FP4_STATS:
+        if (have := [v[k] for v in vals if k in v]):
+            out[f"{prefix}{k}_max"] = max(have)
+    return out
 
 
 class NumericsMonitor:
@@ -115,9 +137,7 @@ class NumericsMonitor:
         self.records[(name, role)] = stats
 
     def _observe_external(self, name: str, role: str, x: torch.Tensor) -> None:
-        r = self.plan.recipe
-        x2 = _as_2d(x)
-        self.records[(name, role)] = quant_stats(x2, quantize(x2, r, role), FORMATS[r.format_for(role)])
+        self.records[(name, role)] = _cast_stats(_as_2d(x), self.plan.recipe, role)
 
     def _shadow(self, name: str, role: str, x: torch.Tensor) -> None:
         x2 = _as_2d(x)
@@ -125,10 +145,12 @@ class NumericsMonitor:
             hist = None
             if r.scaling == "delayed":  # its own history, advanced on sampled steps only
                 hist = self.shadow_hist.setdefault((rname, name, role), AmaxHistory(r.amax_history_len, r.amax_compute_algo, r.margin))
-            q = quantize(x2, r, role, history=hist)
-            self.shadow_records[rname][(name, role)] = quant_stats(x2, q, FORMATS[r.format_for(role)])
             if hist is not None:
+                q = quantize(x2, r, role, history=hist)
+                self.shadow_records[rname][(name, role)] = quant_stats(x2, q, FORMATS[r.format_for(role)])
                 hist.update(x2.abs().max(), used_scale=q.scale)
+            else:
+                self.shadow_records[rname][(name, role)] = _cast_stats(x2, r, role)
 
     # --- per step -------------------------------------------------------------------------
     def begin_step(self, step: int) -> None:
@@ -150,8 +172,9 @@ class NumericsMonitor:
         out: dict[str, float] = {}
         if self.per_module:
             for (name, role), st in self.records.items():
-                for k in STATS:
-                    out[f"numerics/{name}/{role}/{k}"] = st[k]
+                for k in STATS + FP4_STATS:
+                    if k in st:
+                        out[f"numerics/{name}/{role}/{k}"] = st[k]
         out.update(_aggregate(self.records, "numerics/"))
         for rname, recs in self.shadow_records.items():
             for role in ("input", "weight", "grad_output"):

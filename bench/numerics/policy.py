@@ -50,6 +50,7 @@ class PolicyConfig:
     action: str = "log"
     overflow_frac: float = 1e-3
     underflow_frac: float = 0.5
+    zero_block_frac: float = 0.01   # FP4: fraction of a tensor's non-zero blocks flushed whole to 0
     spike_window: int = 50
     spike_z: float = 8.0
     spike_min_history: int = 20
@@ -70,7 +71,7 @@ class PolicyConfig:
         if self.spike_min_history > self.spike_window:
             return (f"policy.spike_min_history={self.spike_min_history} exceeds policy.spike_window={self.spike_window}: "
                     f"no spike could ever be detected; valid: 1..{self.spike_window}")
-        for k in ("overflow_frac", "underflow_frac", "acc_drop", "reward_drop", "entropy_frac"):
+        for k in ("overflow_frac", "underflow_frac", "zero_block_frac", "acc_drop", "reward_drop", "entropy_frac"):
             if not 0 <= getattr(self, k) <= 1:
                 return f"policy.{k}={getattr(self, k)} is a fraction; valid: 0..1"
         for k in ("spike_z", "loss_rise"):
@@ -172,8 +173,10 @@ class InstabilityPolicy:
             # value: the count of non-finite activations, or -1 where the scalar itself is NaN/Inf
             self._event(step, "nonfinite", where, nonfinite_acts if where == "activations" else -1, 0, plain_act, d,
                         stat="count" if where == "activations" else None)
-        for kind, module, role, value in numerics:
-            self._event(step, kind, f"{module}/{role}", value, self.threshold(kind), act, d, module=module, stat="frac")
+        for kind, module, role, value, *stat in numerics:  # an optional 5th item names the stat
+            stat = stat[0] if stat else "frac"
+            thr = self.cfg.zero_block_frac if stat == "zero_block_frac" else self.threshold(kind)
+            self._event(step, kind, f"{module}/{role}", value, thr, act, d, module=module, stat=stat)
         spikes = ((self.loss, "loss_spike", loss if "loss" in self.spikes else None),
                   (self.grad, "grad_spike", grad_norm if "grad_norm" in self.spikes else None))
         for det, name, x in spikes:
@@ -195,14 +198,21 @@ class InstabilityPolicy:
         Underflow's default is loose: flushing tiny values to zero is routine for E4M3 grads."""
         return float(self.cfg.overflow_frac if kind == "overflow" else self.cfg.underflow_frac)
 
-    def numerics_detections(self, records: dict) -> list[tuple[str, str, str, float]]:
-        """Turn a monitor's per-tensor stats into overflow/underflow detections above threshold."""
+    def numerics_detections(self, records: dict) -> list[tuple]:
+        """Turn a monitor's per-tensor stats into overflow/underflow detections above threshold.
+        FP4 records also carry zero_block_frac: whole blocks flushed to zero (one outlier setting
+        the tensor's global scale), an underflow that underflow_frac dilutes over the tensor's
+        elements; above policy.zero_block_frac it is an `underflow` detection with stat
+        zero_block_frac (a 5-tuple; the others are (kind, module, role, value), stat frac)."""
         out = []
         for (module, role), st in records.items():
             for kind in ("overflow", "underflow"):
                 v = st[f"{kind}_frac"]
                 if v > self.threshold(kind):
                     out.append((kind, module, role, v))
+            z = st.get("zero_block_frac")
+            if z is not None and z > self.cfg.zero_block_frac:
+                out.append(("underflow", module, role, z, "zero_block_frac"))
         return out
 
     # --- trends, once per recipe step and per eval --------------------------------------------------

@@ -71,7 +71,8 @@ class PrecisionPlan:
     def row(self) -> tuple[str, ...]:
         """(recipe, engine, FP8 Linears, high-precision Linears, compute dtype) for the table."""
         r = self.recipe
-        kind = ("W8A16 " if self.weights_only else "") + (f"{r.scaling}: {r.fwd_format}/{r.grad_format}" if r else "")
+        wo = "W4A16 " if r is not None and r.fwd_format == "e2m1" else "W8A16 "
+        kind = (wo if self.weights_only else "") + (f"{r.scaling}: {r.fwd_format}/{r.grad_format}" if r else "")
         fp8 = f"{len(self.fp8_modules)} ({kind})" if r else "0"
         hp = ", ".join(self.kept_modules + [f"{n} (fallback@{s})" for n, s in self.fallbacks.items()]) if r else "all"
         return self.name, self.engine, fp8, hp or "-", str(compute_dtype(self.name)).replace("torch.", "")

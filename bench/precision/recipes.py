@@ -1,4 +1,6 @@
-"""FP8 recipe definitions (DESIGN.md §5): the knobs, and the named defaults.
+"""Scaling recipe definitions (DESIGN.md §5): the knobs, and the named defaults. FP8 here; the FP4
+recipes nvfp4 and mxfp4 are registered by bench/precision/fp4_registry.py (E2M1 elements, their
+own quantizer and linears).
 
 | name           | scaling    | granularity                                  | fwd / grad  |
 |----------------|------------|----------------------------------------------|-------------|
@@ -30,6 +32,9 @@ from dataclasses import dataclass
 SCALINGS = ["delayed", "tensorwise", "rowwise", "blockwise", "mx"]  # grows with register_recipe
 FORMAT_NAMES = ["e4m3", "e5m2"]                                      # grows with register_recipe
 ROLES = ("input", "weight", "grad_output")
+# The element formats each scaling's quantizer handles (a scaling override must not cross from FP8
+# to FP4 or back: an FP8 name with scaling=nvfp4 would cast E4M3 through the E2M1 quantizer).
+SCALING_FORMATS: dict[str, set[str]] = {s: {"e4m3", "e5m2"} for s in SCALINGS}
 _CHOICES = {"scaling": SCALINGS, "fwd_format": FORMAT_NAMES, "grad_format": FORMAT_NAMES,
             "amax_compute_algo": ("max", "most_recent"), "mx_scale_rounding": ("floor", "rceil")}
 _POSITIVE = ("amax_history_len", "act_block", "weight_block", "mx_block")
@@ -50,12 +55,21 @@ class ScalingRecipe:
     mx_block: int = 32                # mx: 1 x mx_block blocks along the reduction dim
     mx_scale_rounding: str = "rceil"  # mx: rceil (TE, hardware cast; never saturates) | floor (OCP MX v1.0)
     fast_accum: bool = True           # CUDA forward GEMM only: fp8 tensor-core fast accumulation
+    # FP4 training switches (nvfp4, mxfp4: bench/precision/fp4.py; no effect on the FP8 scalings)
+    weight_2d: bool = False           # nvfp4: weights in 16x16 tiles (else 1x16 along K)
+    rht: bool = False                 # 16-point random Hadamard transform on the wgrad operands
+    stochastic_rounding: bool = False # gradients (grad_output) rounded stochastically
     eps: float = 1e-12                # amax floor in s = max / max(amax, eps): s stays finite
 
     def __post_init__(self):
         for k, valid in _CHOICES.items():
             if getattr(self, k) not in valid:
                 raise ValueError(f"precision.{k}={getattr(self, k)!r} for {self.name}; valid: {', '.join(valid)}")
+        fmts = SCALING_FORMATS[self.scaling]
+        if not {self.fwd_format, self.grad_format} <= fmts:
+            valid = [s for s, f in SCALING_FORMATS.items() if {self.fwd_format, self.grad_format} <= f]
+            raise ValueError(f"precision.scaling={self.scaling!r} for {self.name} casts {'/'.join(sorted(fmts))}, not "
+                             f"{self.fwd_format}/{self.grad_format}; valid: {', '.join(valid) or '-'}")
         for k in _POSITIVE:
             if int(getattr(self, k)) <= 0:
                 raise ValueError(f"precision.{k}={getattr(self, k)} for {self.name} must be a positive integer")
@@ -91,6 +105,7 @@ def register_recipe(name: str, scaling: str, fwd_format: str, grad_format: str, 
             FORMAT_NAMES.append(f)
     if scaling not in SCALINGS:
         SCALINGS.append(scaling)
+    SCALING_FORMATS.setdefault(scaling, set()).update((fwd_format, grad_format))
     RECIPES[name] = ScalingRecipe(name, scaling, fwd_format, grad_format, **fields)
     return RECIPES[name]
 
@@ -142,6 +157,11 @@ def get_recipe(spec) -> ScalingRecipe:
     return dataclasses.replace(RECIPES[name], **fields)
 
 
+# A registered scaling may bring its own shape rule (fn(recipe, out_features, in_features) -> why
+# or None), used by validate_shape instead of the FP8 rules below (the FP4 block rules, fp4.py).
+SHAPE_CHECKS: dict = {}
+
+
 def validate_shape(recipe, out_features: int, in_features: int) -> str | None:
     """Why a Linear [out_features, in_features] cannot run this recipe, or None if it can.
 
@@ -151,6 +171,8 @@ def validate_shape(recipe, out_features: int, in_features: int) -> str | None:
     hardware block-scaled GEMMs have no partial blocks). The token dim M is padded by the engines
     and not checked here."""
     r = get_recipe(recipe)
+    if r.scaling in SHAPE_CHECKS:
+        return SHAPE_CHECKS[r.scaling](r, out_features, in_features)
     bad = [f"{n}={v}" for n, v in (("in_features", in_features), ("out_features", out_features)) if v % 16]
     if bad:
         return f"FP8 GEMMs need in_features and out_features divisible by 16 ({', '.join(bad)})"
