@@ -17,7 +17,6 @@ damage the clamped step did (grad and loss spikes, divergence events), not more 
 Current (tensorwise) scaling sees the outlier in this step's amax and rescales instead, trading
 overflow for coarser resolution of every other channel (underflow).
 """
-"""
 from __future__ import annotations
 
 import torch.nn as nn
