@@ -70,6 +70,17 @@ def filter_known_noise() -> None:
 filter_known_noise()  # at import: before bench.precision.engines imports torchao (lazily)
 
 
+def job_name(run_dir: Path, sweep: str | None) -> str | None:
+    """A sweep job's name: its run dir below the sweep dir (named `sweep`). Usually one folder
+    (`3_precision=bf16,seed=1`), more when an override's value is a path (Hydra puts the value
+    in the folder name as is, `/` included). None outside a sweep."""
+    if not sweep:
+        return None
+    parts = Path(run_dir).parts
+    below = [i for i, p in enumerate(parts[:-1]) if p == sweep]
+    return "/".join(parts[below[-1] + 1:]) if below else Path(run_dir).name
+
+
 class RepeatedEvents:
     """Console summary of events repeated at one (kind, where): `show(ev)` returns the line to
     print, or None while the repeat is only counted; `pending()` the count lines still owed at
@@ -178,13 +189,14 @@ class RunLogger:
         self.total_steps = total_steps
         self.repeats = RepeatedEvents(logger_cfg.events_every)
         # Under a sweep (cfg.sweep is set by session.multirun_dir) every line names its job.
-        self.prefix = f"[{self.run_dir.name}] " if resolved_config.get("sweep") else ""
+        self.job = job_name(self.run_dir, resolved_config.get("sweep"))
+        self.prefix = f"[{self.job}] " if self.job else ""
         self.last_eval = ""
         self.progress = None
         if logger_cfg.progress and total_steps > 0 and sys.stdout.isatty():
             self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                      TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False)
-            name = self.run_dir.name if self.prefix else resolved_config.get("run_name", "run")
+            name = self.job or resolved_config.get("run_name", "run")
             self.task = self.progress.add_task(name, total=total_steps, completed=start_step, info="")
             self.progress.start()
 

@@ -103,3 +103,15 @@ def test_the_filters_are_installed_once_on_their_own_loggers():
     filter_known_noise()
     assert len(logging.getLogger("torch.utils._pytree").filters) == 1
     assert not logging.getLogger().filters  # the root logger is never touched
+
+
+def test_a_job_name_is_its_run_dir_below_the_sweep_dir():
+    from pathlib import Path
+
+    from bench.logger import job_name
+
+    assert job_name(Path("runs/grpo/sweep_1/0_seed=0"), "sweep_1") == "0_seed=0"
+    # an override whose value is a path puts `/` into Hydra's job folder name
+    assert job_name(Path("/t/sweep/2_seed=1,warmup.cache_dir=/w/runs/cache"), "sweep") == \
+        "2_seed=1,warmup.cache_dir=/w/runs/cache"
+    assert job_name(Path("runs/x/run"), None) is None
