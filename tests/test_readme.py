@@ -8,8 +8,8 @@ checkable claims in brackets:
     [exit: N]       the command exits N (default 0)
 Commands of one block run in order in one directory (a later command reads an earlier one's run
 dir); GRPO commands use the checkout's runs/cache, so the warm-up trains at most once. Recipe
-commands get fewer steps (SHORT: each key's value is capped) plus `threads=1`, and a stress
-outlier starts at step 2 instead of 60. Any `scripts/...` command outside a test block fails
+commands run SCALE times shorter (every SHORT key's value divided, so a stop, resume and
+extension keep their order) with `threads=1`, and a stress outlier starts at step 2, not 60. Any `scripts/...` command outside a test block fails
 test_every_readme_command_is_in_a_tested_block: the README cannot grow untested examples.
 """
 from __future__ import annotations
@@ -27,7 +27,8 @@ from helpers import ROOT
 
 README = ROOT / "README.md"
 WRAPPERS = ("scripts/pretrain", "scripts/grpo", "scripts/fp8bench")
-SHORT = {"steps": 4, "stop_after": 2, "eval_every": 4}  # key -> the cap on its value in the test
+SHORT = ("steps", "stop_after", "eval_every", "checkpoint_every")  # divided by SCALE in the test
+SCALE = 10  # 200 -> 20 steps; a stop at 20 of 40 and an extension to 60 keep their proportions
 RECIPE_EXTRA = ["threads=1", "eval_problems=8"]
 
 
@@ -82,14 +83,14 @@ BLOCKS = readme_blocks()
 
 
 def shortened(args: list[str]) -> list[str]:
-    """A recipe command with capped step counts, one thread, a small eval; others unchanged."""
+    """A recipe command with SCALE times fewer steps, one thread, a small eval; others unchanged."""
     if args[0] not in ("scripts/pretrain", "scripts/grpo"):
         return args
     out = []
     for a in args:
         key, eq, value = a.partition("=")
         if eq and key in SHORT and value.isdigit():
-            a = f"{key}={min(int(value), SHORT[key])}"
+            a = f"{key}={max(1, int(value) // SCALE)}"
         out.append(a)
     if "stress=outlier" in out:
         out.append("stress.from_step=2")
@@ -120,7 +121,7 @@ def test_every_readme_command_is_in_a_tested_block():
 
 def test_shortening_caps_steps_and_starts_the_outlier_early():
     assert shortened(["scripts/pretrain", "steps=200", "stop_after=20", "stress=outlier"]) == [
-        "scripts/pretrain", "steps=4", "stop_after=2", "stress=outlier", "stress.from_step=2", *RECIPE_EXTRA]
+        "scripts/pretrain", "steps=20", "stop_after=2", "stress=outlier", "stress.from_step=2", *RECIPE_EXTRA]
     assert shortened(["scripts/fp8bench", "compare", "steps=200"]) == ["scripts/fp8bench", "compare", "steps=200"]
 
 
