@@ -37,13 +37,29 @@ class OptimConfig:
 
 
 def lr_lambda(cfg: OptimConfig, total_steps: int):
-    """Linear warm-up to lr, then cosine decay to lr·min_lr_ratio at total_steps."""
+    """Multiplier of lr at optimizer step `step` (0-based):
+
+        step < W:            (step + 1) / W                                   linear warm-up
+        otherwise:           r + (1 - r) · ½ (1 + cos(π · t)),  t = min(1, (step - W) / (T - W))
+
+    with W = warmup_steps, r = min_lr_ratio, T = total_steps: a cosine from lr down to lr·r at
+    step T, then flat at lr·r. T is the run's *original* length, also on a resume that extends
+    `steps` (see `schedule_total`): steps past T continue at the final lr·r, so an extension never
+    re-warms the learning rate."""
     def f(step: int) -> float:
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
         t = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
     return f
+
+
+def schedule_total(saved_total: int | None, steps: int) -> int:
+    """The T of `lr_lambda` for a run asked to go to `steps`: the total the run's schedule was
+    first built with (kept in its checkpoints) when resuming, else `steps`. Re-deriving T from a
+    larger `steps` would move every point of the cosine: 50 -> 60 steps jumped lr from 3e-4 to
+    6.2e-4 at step 51. Checkpoints from before the total was kept carry None: their `steps`."""
+    return steps if saved_total is None else int(saved_total)
 
 
 class Trainer:
@@ -58,6 +74,7 @@ class Trainer:
         self.opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps)
+        self.schedule_total = total_steps  # the cosine's T; a resume restores the run's original one
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(optim, total_steps))
         ls = dict(loss_scale_cfg or {})
         self.scaler = torch.amp.GradScaler(device.type, enabled=plan.name == "fp16",
@@ -150,7 +167,7 @@ class Trainer:
         else:
             model_sd, opt_sd = self.model.state_dict(), self.opt.state_dict()
         return {"model": model_sd, "opt": opt_sd, "opt_format": "fqn" if sharded else "ids",
-                "sched": self.sched.state_dict(), "scaler": self.scaler.state_dict(), "policy": self.policy.state_dict(),
+                "sched": self.sched.state_dict(), "schedule_total": self.schedule_total, "scaler": self.scaler.state_dict(), "policy": self.policy.state_dict(),
                 "fallbacks": dict(self.plan.fallbacks)}
 
     def load_state_dict(self, s: dict) -> None:
@@ -170,5 +187,8 @@ class Trainer:
             self.model.load_state_dict(s["model"])
             self.opt.load_state_dict(s["opt"])
         self.sched.load_state_dict(s["sched"])
+        # The schedule is the one the run started with, whatever `steps` the resume asks for.
+        self.schedule_total = schedule_total(s.get("schedule_total"), self.schedule_total)
+        self.sched.lr_lambdas = [lr_lambda(self.optim_cfg, self.schedule_total)] * len(self.opt.param_groups)
         self.scaler.load_state_dict(s["scaler"])
         self.policy.load_state_dict(s["policy"])

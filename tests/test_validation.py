@@ -1,12 +1,19 @@
 """Bad input: one line naming the bad value and the valid choices, exit 2, and nothing on disk.
 
-Every case of the shared lists in tests/badinputs.py runs the real entry point in a subprocess;
-validation fails before the run dir, the process group, the model or the GRPO warm-up exist, so
-each costs one interpreter start. Resume cases use a run dir fabricated the way a run writes it
+Every case of the shared lists in tests/badinputs.py runs the real entry point (the recipe's
+override check, then its `@hydra.main`) in this process, with sys.argv set as the shell would set
+it, stderr captured and SystemExit caught: the same code path as `python -m recipes.X ...` minus
+the interpreter start and torch import (~2 s each, which made this file most of the fast loop).
+A few cases (SMOKE) also run as real subprocesses, so the `__main__` wiring and the exit status
+the shell sees stay tested. Validation fails before the run dir, the process group, the model or
+the GRPO warm-up exist; resume cases use a run dir fabricated the way a run writes it
 (config.yaml + a checksummed checkpoint), so they need no training either.
 """
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import sys
 from pathlib import Path
 
@@ -22,11 +29,68 @@ from helpers import QUIET, ROOT, compose_cfg, run_cli
 FILES = {"{text}": str(ROOT / "README.md"), "{binary}": sys.executable}
 
 
-def one_line_error(args: list[str]) -> str:
-    r = run_cli(args, timeout=300)
-    lines = [l for l in r.stderr.splitlines() if l.strip()]
-    assert r.returncode == 2, r.stderr[-3000:]
-    assert len(lines) == 1 and lines[0].startswith("fp8bench: error: "), r.stderr[-3000:]
+# Cases also run as real subprocesses: one of each path to the error (override check, Hydra
+# multirun, the validation pass, a GRPO-only check, a file check).
+SMOKE = {"key_typo", "unknown_precision_in_sweep", "lr_negative", "group_size_one", "textfile_not_text"}
+# The fast loop (`-m "not slow"`) runs one case of each kind of check; every case costs ~1 s of
+# Hydra composition (the override check and @hydra.main compose 4 times), so the full list is
+# marked slow and CI runs it.
+FAST = {"unknown_model", "unknown_engine", "key_typo", "steps_not_an_int", "checkpoint_every_zero", "lr_negative",
+        "fp8_shape_not_multiple_of_16", "textfile_without_path", "unknown_is_correction", "group_size_one",
+        "textfile_has_no_reward", "shadow_unknown_before_warmup"}
+
+
+def cases(selected=None) -> list:
+    """BAD_INPUTS as pytest params: those in FAST unmarked, the rest slow (or only `selected`)."""
+    if selected is not None:  # the subprocess smoke check: one case in the fast loop
+        return [pytest.param(c, id=c.id, marks=() if c.id == "lr_negative" else pytest.mark.slow)
+                for c in BAD_INPUTS if c.id in selected]
+    return [pytest.param(c, id=c.id, marks=() if c.id in FAST else pytest.mark.slow) for c in BAD_INPUTS]
+
+
+def run_entry(args: list[str]) -> tuple[int, str]:
+    """`python -m recipes.<recipe> <overrides>` in this process: (exit status, stderr).
+
+    Runs what the module's `if __name__ == "__main__"` block runs. Hydra keeps process-wide state
+    (GlobalHydra, the HydraConfig singleton that `_in_multirun` reads), so it is cleared before
+    and after: a stale multirun config would make a later in-process run believe it is a sweep job."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    assert args[0] == "-m" and args[1].startswith("recipes."), args
+    module, overrides = args[1], args[2:]
+    mod = importlib.import_module(module)
+    err, code, argv = io.StringIO(), 0, sys.argv
+    sys.argv = [module.replace(".", "/") + ".py", *overrides]
+    # Hydra resolves `config_path="../conf"` against the file only for a `__main__` task
+    # function (else as a Python package, which conf/ is not): present it as `python -m` does.
+    task = mod.main.__wrapped__
+    task.__module__ = "__main__"
+    try:
+        GlobalHydra.instance().clear()
+        with contextlib.chdir(ROOT), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                mod.check_overrides(module.split(".")[1])
+                mod.main()
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv, task.__module__ = argv, module
+        GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None
+    return code, err.getvalue()
+
+
+def one_line_error(args: list[str], subprocess: bool = False) -> str:
+    """The run fails with exit 2 and exactly one `fp8bench: error:` line on stderr."""
+    if subprocess:
+        r = run_cli(args, timeout=300)
+        code, stderr = r.returncode, r.stderr
+    else:
+        code, stderr = run_entry(args)
+    lines = [l for l in stderr.splitlines() if l.strip()]
+    assert code == 2, stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("fp8bench: error: "), stderr[-3000:]
     return lines[0]
 
 
@@ -41,10 +105,21 @@ def recipe_args(recipe: str, overrides: list[str], run_dir: Path, cache: Path) -
     return ["-m", f"recipes.{recipe}", *overrides, f"run_dir={run_dir}", *extra, *QUIET]
 
 
-@pytest.mark.parametrize("case", BAD_INPUTS, ids=[c.id for c in BAD_INPUTS])
+@pytest.mark.parametrize("case", cases())
 def test_bad_input_is_one_line_exit_2_and_leaves_no_run_dir(case, tmp_path):
     run_dir, cache = tmp_path / "run", tmp_path / "cache"
     line = one_line_error(recipe_args(case.recipe, case.overrides, run_dir, cache))
+    check_case(case, line, run_dir, cache)
+
+
+@pytest.mark.parametrize("case", cases(SMOKE))
+def test_bad_input_from_a_real_process_is_one_line_exit_2(case, tmp_path):
+    run_dir, cache = tmp_path / "run", tmp_path / "cache"
+    line = one_line_error(recipe_args(case.recipe, case.overrides, run_dir, cache), subprocess=True)
+    check_case(case, line, run_dir, cache)
+
+
+def check_case(case, line: str, run_dir: Path, cache: Path) -> None:
     for needle in case.needles:
         assert needle in line, line
     assert not run_dir.exists()  # nothing to clean up before the corrected rerun

@@ -166,8 +166,9 @@ class WandbConfig:
 
 @dataclass
 class LoggerConfig:
-    progress: bool = True         # rich progress bar on a TTY, a line every console_every steps otherwise
-    console_every: int = 25
+    progress: bool = True         # live rich progress bar (key metrics, every step) on a TTY
+    console_every: int = 25       # a console line every N steps and at the last step (above the bar on a TTY)
+    events_every: int = 100       # an event repeated at one (kind, site): first printed, then a count every N
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 

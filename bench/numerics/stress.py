@@ -1,11 +1,21 @@
 """Reproducible instability on a laptop: inject an activation outlier into one Linear's input.
 
 From `from_step` on, channel `channel` of the input to module `module` is multiplied by
-`magnitude · growth^(step − from_step)` (training forwards only). A sudden outlier is what
-breaks delayed scaling: its scale comes from the amax *history*, so the step the outlier appears
-x·s exceeds the format max and saturates (overflow events), while current (tensorwise) scaling
-sees the outlier in this step's amax and rescales, trading overflow for coarser resolution.
-With growth > 1 the outlier keeps outrunning the history, so delayed scaling overflows every step.
+`magnitude · growth^(step − from_step)` (training forwards only).
+
+What delayed scaling (fp8_delayed, Transformer Engine's DelayedScaling) does with it: the scale
+of step k is s = fmax / (2^margin · max(amax history before k)), so the cast of step k cannot see
+step k's own outlier. At `from_step` the history holds only ordinary activations, and every
+element of the outlier channel whose |x|·s > fmax is clamped: with the tiny model that is most of
+the channel, 1 of d_ff (= 384) elements per token, a clamped fraction of ~0.002 — above the default
+`policy.overflow_frac` (0.001), so an `overflow` event at `<module>/input` fires at `from_step`
+(counted from the clamp counts of every FP8 cast, every step, not only on monitor-sampled steps).
+From the next step on the history holds the outlier: with `growth` g, only outlier elements above
+1/g of the last amax overflow, a fraction typically below the threshold, so the event does not
+repeat every step. What follows is the
+damage the clamped step did (grad and loss spikes, divergence events), not more overflow.
+Current (tensorwise) scaling sees the outlier in this step's amax and rescales instead, trading
+overflow for coarser resolution of every other channel (underflow).
 """
 from __future__ import annotations
 
