@@ -170,6 +170,20 @@ class GeneratorConfig:
     kv_cache_headroom: float = 1.0  # FP8 KV cache: scale set at prefill from amax x headroom (>= 1)
 
 
+# --- model: the built-in decoder's dims plus the model kind (bench/models) ------------------
+@dataclass
+class ModelSchema(ModelConfig):
+    """The `model` group. `kind` picks the builder (bench/models): builtin (bench.model.Transformer,
+    the inherited dims) or hf (a transformers causal LM, DESIGN.md §12): `path` a local checkpoint
+    directory (its config.json sets the dims and its tokenizer replaces the task's), or `arch` with
+    the inherited dims and `n_kv_heads` for a random-weight model on the task's own tokenizer."""
+    kind: str = "builtin"                # builtin | hf
+    path: Optional[str] = None           # hf: a save_pretrained directory (local only, never a hub name)
+    arch: Optional[str] = None           # hf without path: llama | qwen2 | qwen3
+    n_kv_heads: int = 0                  # hf arch: key/value heads (GQA); 0 = n_heads
+    chat_template: bool = False          # hf path: wrap prompts in the tokenizer's chat template
+
+
 # --- the recipes' top level -----------------------------------------------------------------
 @dataclass
 class RunConfig:
@@ -190,7 +204,7 @@ class RunConfig:
     resume: bool = False
     stop_after: Optional[int] = None  # checkpoint and stop after this step (status preempted)
     sweep: Optional[str] = None       # set under multirun: the sweep dir's name
-    model: ModelConfig = MISSING
+    model: ModelSchema = MISSING
     task: Any = MISSING               # one of TASK_SCHEMAS (by its YAML's defaults list)
     optim: OptimConfig = MISSING
     logger: LoggerConfig = MISSING
