@@ -25,7 +25,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from bench.model import ModelConfig
+from bench.model import ModelConfig as BuiltinModelConfig
 from bench.numerics.policy import PolicyConfig  # the policy group's schema lives with the policy
 from bench.precision.recipes import ScalingRecipe
 from bench.rl.grpo import GRPOConfig
@@ -172,8 +172,9 @@ class GeneratorConfig:
 
 # --- model: the built-in decoder's dims plus the model kind (bench/models) ------------------
 @dataclass
-class ModelSchema(ModelConfig):
-    """The `model` group. `kind` picks the builder (bench/models): builtin (bench.model.Transformer,
+class ModelConfig(BuiltinModelConfig):
+    """The `model` group's schema (named as the built-in model's config it extends, so
+    `schema.ModelConfig()` is the default model). `kind` picks the builder (bench/models): builtin (bench.model.Transformer,
     the inherited dims) or hf (a transformers causal LM, DESIGN.md §12): `path` a local checkpoint
     directory (its config.json sets the dims and its tokenizer replaces the task's), or `arch` with
     the inherited dims and `n_kv_heads` for a random-weight model on the task's own tokenizer."""
@@ -204,7 +205,7 @@ class RunConfig:
     resume: bool = False
     stop_after: Optional[int] = None  # checkpoint and stop after this step (status preempted)
     sweep: Optional[str] = None       # set under multirun: the sweep dir's name
-    model: ModelSchema = MISSING
+    model: ModelConfig = MISSING
     task: Any = MISSING               # one of TASK_SCHEMAS (by its YAML's defaults list)
     optim: OptimConfig = MISSING
     logger: LoggerConfig = MISSING
