@@ -104,3 +104,18 @@ def test_textfile_window_must_be_positive(tmp_path):
     f.write_text("lorem ipsum " * 500)
     with pytest.raises(ValueError, match="task.window=0 must be a positive number of tokens"):
         build_task({"name": "textfile", "path": str(f), "window": 0})
+
+
+def test_addition_batches_are_unchanged_by_the_tokenizer_interface():
+    """The character tokenizer path builds exactly the tensors it built before tasks took a
+    tokenizer: BOS + prompt + answer + EOS, no padding, loss on the answer and EOS."""
+    from bench.tasks import build_task
+    from bench.tasks.tokenizer import BOS, EOS, encode
+
+    task = build_task({"name": "addition", "digits": 3})
+    probs = task.problems("train", 5, 9)
+    seqs = torch.tensor([[BOS] + encode(p.prompt + p.answer) + [EOS] for p in probs])
+    inputs, targets, mask = task.lm_batch("train", 5, 9)
+    assert torch.equal(inputs, seqs[:, :-1]) and torch.equal(targets, seqs[:, 1:])
+    assert mask.sum().item() == 5 * (3 + 1 + 1) and not mask[:, :task.prompt_len - 1].any()
+    assert torch.equal(task.encode_prompts(probs), seqs[:, :task.prompt_len])
