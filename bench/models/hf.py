@@ -111,9 +111,10 @@ class _CacheView:
     writing into the generator's KVCache at position `pos`."""
 
     def __init__(self, cache, pos: int):
-        self.cache, self.pos = cache, pos
+        self.cache, self.pos, self.calls = cache, pos, 0
 
     def update(self, k, v, layer_idx, *args, **kwargs):
+        self.calls += 1
         return self.cache.layer(layer_idx).update(k, v, self.pos)
 
 
@@ -188,5 +189,10 @@ class HFCausalLM(nn.Module):
         view = None if cache is None else _CacheView(cache, pos)
         for layer in self.layers:
             x = layer(x, attention_mask=mask, position_ids=position_ids, cache=view, position_embeddings=rope)
+        if view is not None and view.calls != len(self.layers):
+            # A transformers version whose layers take the cache under another keyword would
+            # silently decode without it: refuse instead (tested with transformers 5.24).
+            raise RuntimeError(f"transformers {_transformers().__version__}: decoder layers ignored the KV cache; "
+                               f"valid: transformers >= 5.24 (layers take `cache=`)")
         # Logits in fp32, as the built-in model: log-softmax over the vocab is where rounding shows.
         return self.lm_head(self.norm(x)).float()
