@@ -156,7 +156,7 @@ class Generator:
             s = src[k].detach()
             if hasattr(s, "full_tensor"):  # an FSDP2-sharded trainer: all-gather (every rank, same order)
                 s = s.full_tensor()
-            mod = self._quantized.get(k.rsplit(".", 1)[0])
+            mod = self._quantized.get(k.rsplit(".", 1)[0]) if k.endswith(".weight") else None  # a bias is copied
             if mod is not None:
                 mod.load_weight(s)  # checks the shape, quantizes into fresh buffers
             elif tuple(s.shape) != tuple(own[k].shape):
