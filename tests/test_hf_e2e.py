@@ -46,3 +46,19 @@ def test_grpo_on_hf_model_bf16_generator_without_kv_cache_has_zero_mismatch(tmp_
     assert run_in_process("grpo", args) == 0
     for m in read_jsonl(d / "metrics.jsonl"):
         assert m["mismatch/token_mult_prob_error"] == 1.0
+
+
+@pytest.mark.parametrize("parallel", ["fsdp", "ddp"])
+def test_hf_model_under_torchrun_matches_one_process(tmp_path, parallel):
+    """FSDP2's per-block wrap finds the HF decoder layers (model.layers); DDP wraps the adapter."""
+    from helpers import run_cli, run_torchrun
+
+    args = ["recipes.pretrain", *HF, "model.arch=llama", "batch_size=16", "steps=4", "eval_every=4",
+            "checkpoint_every=4", "eval_problems=8", "monitor.interval=2", "logger=disabled", "threads=1",
+            "precision=fp32"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert run_cli(["-m", *args, f"run_dir={one}"]).returncode == 0
+    r = run_torchrun([*args, f"parallel={parallel}", f"run_dir={two}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    for x, y in zip(read_jsonl(one / "metrics.jsonl"), read_jsonl(two / "metrics.jsonl"), strict=True):
+        assert abs(x["train/loss"] - y["train/loss"]) <= 1e-4 * abs(x["train/loss"])
