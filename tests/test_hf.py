@@ -1,5 +1,7 @@
 """model=hf: tiny Llama / Qwen2 / Qwen3 built in-process behave as the built-in model does in the
 harness: planner names, generator parity, KV cache, FP8 generator mismatch, save_pretrained dirs."""
+import re
+
 import pytest
 import torch
 
@@ -130,3 +132,30 @@ def test_fused_expert_weights_that_are_not_linear_are_refused():
     root.add_module("experts", experts)
     with pytest.raises(BadInput, match="module experts .* not nn.Linear"):
         refuse_non_linear(root)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model=hf", "model.path=/no/such/dir"], "model.path='/no/such/dir' holds no config.json"),
+    (["model=hf", "model.arch=gpt2"], "model.arch='gpt2'; valid: llama, qwen2, qwen3"),
+    (["model.arch=llama"], "model.arch='llama' is a model=hf key"),
+    (["model=hf", "model.n_kv_heads=3"], "model.n_kv_heads=3 must divide model.n_heads=4"),
+    (["model=hf", "model.kind=jax"], "model.kind='jax'; valid: builtin, hf"),
+    (["task=arith"], "task arith needs sequences of 120 tokens; model.max_seq_len=96"),
+])
+def test_bad_model_settings_are_one_line_before_compute(overrides, message):
+    from helpers import compose_cfg
+
+    from bench.config.validate import validate
+
+    with pytest.raises(BadInput, match=re.escape(message)):
+        validate(compose_cfg("pretrain", overrides), "pretrain", dirs=False)
+
+
+def test_model_hf_config_validates_and_builds_the_meta_model():
+    from helpers import compose_cfg
+
+    from bench.config.validate import validate
+
+    checked = validate(compose_cfg("grpo", ["model=hf", "model.arch=qwen3", "task=arith", "model.max_seq_len=128",
+                                            "generator_precision=fp8_blockwise"]), "grpo", dirs=False)
+    assert checked.model.kind == "hf" and checked.task.name == "arith"
