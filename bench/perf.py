@@ -101,7 +101,7 @@ def matmul_params(cfg: ModelConfig) -> int:
     """N of the MFU formula: weights of the Linears (attention, MLP, lm_head). q and o are d x d;
     k and v are d x (n_kv_heads * head_dim), which is d x d without grouped-query attention."""
     d = cfg.d_model
-    kv = (cfg.n_kv_heads or cfg.n_heads) * (d // cfg.n_heads)
+    kv = (getattr(cfg, "n_kv_heads", 0) or cfg.n_heads) * (d // cfg.n_heads)  # a bare bench.model config: no GQA
     return cfg.n_layers * (2 * d * d + 2 * d * kv + 3 * d * cfg.d_ff) + d * cfg.vocab_size
 
 
