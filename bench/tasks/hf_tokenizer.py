@@ -31,6 +31,9 @@ class HFTokenizer:
         self.pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
         self.vocab_size = len(tok)
 
+    def __repr__(self) -> str:  # stable: the warm-up cache key includes the task's tokenizer
+        return f"hf:{self.tok.name_or_path}:{self.vocab_size}:chat={self.chat}"
+
     def encode(self, text: str) -> list[int]:
         return list(self.tok.encode(text, add_special_tokens=False))
 

@@ -56,5 +56,8 @@ class CharTokenizer:
     def decode(self, ids) -> str:
         return decode(ids)
 
+    def __repr__(self) -> str:  # stable: the warm-up cache key includes the task's tokenizer
+        return "char"
+
 
 CHAR = CharTokenizer()
