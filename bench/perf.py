@@ -69,7 +69,8 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from bench.generation import Generator
-from bench.model import ModelConfig, Transformer
+from bench.config.schema import ModelConfig  # the model group's schema: either kind (bench/models)
+from bench.models import build_model
 from bench.numerics.monitor import NumericsMonitor
 from bench.numerics.policy import InstabilityPolicy
 from bench.precision.engines import ENGINES, apply_precision, plan_precision
@@ -97,9 +98,11 @@ def peak_tflops(device_name: str) -> tuple[float, float] | None:
 
 
 def matmul_params(cfg: ModelConfig) -> int:
-    """N of the MFU formula: weights of the Linears (attention, MLP, lm_head)."""
+    """N of the MFU formula: weights of the Linears (attention, MLP, lm_head). q and o are d x d;
+    k and v are d x (n_kv_heads * head_dim), which is d x d without grouped-query attention."""
     d = cfg.d_model
-    return cfg.n_layers * (4 * d * d + 3 * d * cfg.d_ff) + d * cfg.vocab_size
+    kv = (getattr(cfg, "n_kv_heads", 0) or cfg.n_heads) * (d // cfg.n_heads)  # a bare bench.model config: no GQA
+    return cfg.n_layers * (2 * d * d + 2 * d * kv + 3 * d * cfg.d_ff) + d * cfg.vocab_size
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
@@ -111,8 +114,11 @@ def mfu(tokens_per_s: float | None, fpt: int, peak: float | None) -> float | Non
     return None if not (peak and tokens_per_s) else tokens_per_s * fpt / (peak * 1e12)
 
 
-def load_model_cfg(name: str) -> ModelConfig:
-    return typed(ModelConfig, OmegaConf.load(CONF / "model" / f"{name}.yaml"), "model")
+def load_model_cfg(name: str, sets: list[str] | None = None) -> ModelConfig:
+    """conf/model/<name>.yaml, with `--set key=value` overrides (e.g. a CPU smoke of qwen2_0p5b's
+    architecture at tiny sizes: --set n_layers=2 d_model=128 n_heads=2 d_ff=256 vocab_size=256)."""
+    node = OmegaConf.merge(OmegaConf.load(CONF / "model" / f"{name}.yaml"), OmegaConf.from_dotlist(sets or []))
+    return typed(ModelConfig, node, "model")
 
 
 def sync(device: torch.device) -> None:
@@ -158,7 +164,7 @@ def train_row(a, cfg: ModelConfig, device, recipe: str, engine: str | None, comp
     if engine:
         prec["engine"] = engine
     torch.manual_seed(0)
-    model = Transformer(cfg).to(device)
+    model = build_model(cfg, device)
     plan, eng = plan_precision(model, prec, device)
     apply_precision(model, plan, eng)
     monitor = NumericsMonitor(model, plan, monitor_interval, [], per_module=True)
@@ -221,7 +227,7 @@ def run_train(a, cfg, device, recipe, engine, compiled, peaks, fpt, monitor_inte
 
 def run_decode(a, cfg, device) -> tuple[list[dict], dict]:
     torch.manual_seed(0)
-    src = Transformer(cfg).to(device)
+    src = build_model(cfg, device)
     prompts = torch.randint(3, cfg.vocab_size, (a.decode_batch, a.prompt_len),
                             generator=torch.Generator().manual_seed(0)).to(device)
     rows, runs = {}, {}
@@ -314,6 +320,7 @@ class _Parser(argparse.ArgumentParser):
 def parse(argv) -> argparse.Namespace:
     ap = _Parser(prog="python -m bench.perf", description="Train-step, MFU, memory and decode benchmark.")
     ap.add_argument("--model", default="tiny")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override model keys (conf/model schema)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=None, help="default: the model's max_seq_len")
@@ -367,7 +374,7 @@ def main(argv=None) -> int:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    cfg = load_model_cfg(a.model)
+    cfg = load_model_cfg(a.model, a.set)
     a.seq_len = a.seq_len or cfg.max_seq_len
     a.decode_batch = a.decode_batch or a.batch
     # RoPE tables are derived from max_seq_len, so a longer benchmark sequence just extends them.

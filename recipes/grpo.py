@@ -29,6 +29,7 @@ from bench.eval import evaluate
 from bench.events import Event
 from bench.generation import Generator
 from bench.model import Transformer, token_logprobs
+from bench.models import build_model
 from bench.numerics.monitor import NumericsMonitor
 from bench.precision.engines import apply_precision, plan_precision
 from bench.recipe_utils import check_overrides, print_precision_state
@@ -42,7 +43,6 @@ from bench.rl.truncation import kept_logprobs
 from bench.rl.update import ppo_update
 from bench.rl.warmstart import load_policy_weights, supervised_warmup
 from bench.session import Session, multirun_dir, run_recipe, typed
-from bench.tasks.tokenizer import EOS
 from bench.training import OptimConfig, Trainer
 
 
@@ -66,7 +66,7 @@ def build(s: Session) -> Parts:
     g = typed(GRPOConfig, cfg.grpo, "grpo")
     shards = resolve_shards(g.rollout_shards, s.dist.world, g.prompts_per_step, g.group_size, g.minibatches)
     torch.manual_seed(cfg.seed)
-    model = Transformer(s.model_cfg).to(device)
+    model = build_model(s.model_cfg, device)
     plan, engine = plan_precision(model, cfg.trainer_precision, device)  # validates before compute
     generator = Generator(s.model_cfg, cfg.generator_precision, device, kv_cache_dtype=cfg.generator.kv_cache_dtype,
                           kv_cache_headroom=cfg.generator.kv_cache_headroom)
@@ -112,7 +112,7 @@ def rollout_shard(s: Session, p: Parts, step: int, shard: int) -> RolloutBatch:
     rng = torch.Generator(device=device).manual_seed(shard_seed(cfg.seed, step, shard))
     with s.phase("rollout_decode"):  # the generator times its prefill inside (nested: subtracted)
         ro = p.generator.generate(prompts, max_new_tokens=g.max_new_tokens or task.seq_len - task.prompt_len,
-                                  temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, eos_id=EOS,
+                                  temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, eos_id=task.eos_id,
                                   generator=rng, use_kv_cache=cfg.generator.use_kv_cache)
     with s.phase("score"):
         return score_shard(s, p, problems, prompts, ro)

@@ -16,7 +16,7 @@ import torch
 from bench import distributed
 from bench.eval import evaluate
 from bench.lm_loss import masked_cross_entropy
-from bench.model import Transformer
+from bench.models import build_model
 from bench.numerics.monitor import NumericsMonitor
 from bench.numerics.stress import OutlierInjector
 from bench.precision.engines import apply_precision, plan_precision
@@ -30,7 +30,7 @@ def train(s: Session) -> int:
 
     # 1. Model and precision: plan (validates recipe, engine, shapes), then swap the Linears.
     torch.manual_seed(cfg.seed)
-    model = Transformer(s.model_cfg).to(device)
+    model = build_model(s.model_cfg, device)
     plan, engine = plan_precision(model, cfg.precision, device)
     policy = s.instability_policy(signals=("loss", "grad_norm"), spikes=("loss", "grad_norm"))
     stress = OutlierInjector(model, cfg.stress)  # validates stress.module before any compute

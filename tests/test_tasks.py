@@ -104,3 +104,46 @@ def test_textfile_window_must_be_positive(tmp_path):
     f.write_text("lorem ipsum " * 500)
     with pytest.raises(ValueError, match="task.window=0 must be a positive number of tokens"):
         build_task({"name": "textfile", "path": str(f), "window": 0})
+
+
+def test_addition_batches_are_unchanged_by_the_tokenizer_interface():
+    """The character tokenizer path builds exactly the tensors it built before tasks took a
+    tokenizer: BOS + prompt + answer + EOS, no padding, loss on the answer and EOS."""
+    from bench.tasks import build_task
+    from bench.tasks.tokenizer import BOS, EOS, encode
+
+    task = build_task({"name": "addition", "digits": 3})
+    probs = task.problems("train", 5, 9)
+    seqs = torch.tensor([[BOS] + encode(p.prompt + p.answer) + [EOS] for p in probs])
+    inputs, targets, mask = task.lm_batch("train", 5, 9)
+    assert torch.equal(inputs, seqs[:, :-1]) and torch.equal(targets, seqs[:, 1:])
+    assert mask.sum().item() == 5 * (3 + 1 + 1) and not mask[:, :task.prompt_len - 1].any()
+    assert torch.equal(task.encode_prompts(probs), seqs[:, :task.prompt_len])
+
+
+@pytest.mark.parametrize("name", ["addition", "reversal", "arith"])
+def test_tasks_accept_an_hf_tokenizer(name):
+    pytest.importorskip("transformers")
+    from test_hf import char_tokenizer
+
+    from bench.tasks import build_task
+    from bench.tasks.hf_tokenizer import HFTokenizer
+
+    hf = char_tokenizer()
+    task = build_task({"name": name}, HFTokenizer(hf))
+    probs = task.problems("train", 6, 0)
+    inputs, targets, mask = task.lm_batch("train", 6, 0)
+    for i, p in enumerate(probs):
+        assert hf.decode(targets[i][mask[i]].tolist()) == p.answer + "</s>"
+    prompts = task.encode_prompts(probs)
+    assert prompts.shape[1] >= max(len(p.prompt) for p in probs) + 1 and task.eos_id == hf.eos_token_id
+    assert task.reward(probs[0], task.completion_text(torch.tensor(hf.encode(probs[0].answer) + [hf.eos_token_id, 7])))
+
+
+def test_task_state_prints_the_same_in_every_process():
+    """The GRPO warm-up cache is keyed by the task's attributes: none may print a memory address."""
+    from bench.tasks import build_task
+
+    task = build_task({"name": "arith"})
+    task.prompt_len
+    assert " at 0x" not in str({k: v for k, v in vars(task).items() if not k.startswith("_")})

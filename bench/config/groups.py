@@ -154,3 +154,21 @@ def check_warmup(cfg, meta: nn.Module) -> None:
 
 def check_generator(cfg) -> None:
     one_of(cfg.generator.kv_cache_dtype, "generator.kv_cache_dtype", KV_CACHE_DTYPES)
+
+
+def check_model(model_cfg):
+    """The model group: a known kind; model=hf's path or arch (its sizes filled from a checkpoint's
+    config.json); the dims. Returns the resolved config (bench.models.resolve)."""
+    from bench.models import KINDS, resolve
+
+    one_of(model_cfg.kind, "model.kind", KINDS)
+    if model_cfg.kind == "builtin":
+        for key in ("path", "arch"):
+            need(getattr(model_cfg, key) is None, f"model.{key}={getattr(model_cfg, key)!r} is a model=hf key; "
+                                                  f"valid: model=hf (model.kind=hf), or leave it unset")
+    model_cfg = resolve(model_cfg)  # BadInput for a missing/invalid path or arch
+    need((reason := model_cfg.validate()) is None, str(reason))
+    kv = model_cfg.n_kv_heads or model_cfg.n_heads
+    need(kv > 0 and model_cfg.n_heads % kv == 0, f"model.n_kv_heads={model_cfg.n_kv_heads} must divide "
+                                                 f"model.n_heads={model_cfg.n_heads}; valid: 0 (= n_heads) or a divisor")
+    return model_cfg

@@ -25,7 +25,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from bench.model import ModelConfig
+from bench.model import ModelConfig as BuiltinModelConfig
 from bench.numerics.policy import PolicyConfig  # the policy group's schema lives with the policy
 from bench.precision.recipes import ScalingRecipe
 from bench.rl.grpo import GRPOConfig
@@ -205,6 +205,21 @@ class GeneratorConfig:
     kv_cache_dtype: str = "auto"  # auto (the generator's compute dtype) | fp8
     use_kv_cache: bool = True     # false: recompute the whole prefix per token (the cache-free reference)
     kv_cache_headroom: float = 1.0  # FP8 KV cache: scale set at prefill from amax x headroom (>= 1)
+
+
+# --- model: the built-in decoder's dims plus the model kind (bench/models) ------------------
+@dataclass
+class ModelConfig(BuiltinModelConfig):
+    """The `model` group's schema (named as the built-in model's config it extends, so
+    `schema.ModelConfig()` is the default model). `kind` picks the builder (bench/models): builtin (bench.model.Transformer,
+    the inherited dims) or hf (a transformers causal LM, DESIGN.md §12): `path` a local checkpoint
+    directory (its config.json sets the dims and its tokenizer replaces the task's), or `arch` with
+    the inherited dims and `n_kv_heads` for a random-weight model on the task's own tokenizer."""
+    kind: str = "builtin"                # builtin | hf
+    path: Optional[str] = None           # hf: a save_pretrained directory (local only, never a hub name)
+    arch: Optional[str] = None           # hf without path: llama | qwen2 | qwen3
+    n_kv_heads: int = 0                  # hf arch: key/value heads (GQA); 0 = n_heads
+    chat_template: bool = False          # hf path: wrap prompts in the tokenizer's chat template
 
 
 # --- the recipes' top level -----------------------------------------------------------------

@@ -9,7 +9,7 @@ pass checks what a type cannot say: ranges, choices, and what one value means fo
 tile sizes against the model's Linear shapes, a stress module or a kept-module pattern against
 the model's module names, a task's sequence length against the model's context, the device).
 
-Model-dependent checks run on a Transformer built on the meta device: its Linears have their
+Model-dependent checks run on the model (either kind, bench/models) built on the meta device: its Linears have their
 names and shapes but no storage, so checking a 1B model costs nothing.
 """
 from __future__ import annotations
@@ -22,11 +22,12 @@ import torch
 from omegaconf import OmegaConf
 
 from bench.config.checks import need, positive
-from bench.config.groups import (check_generator, check_grpo, check_logger, check_monitor, check_optim,
+from bench.config.groups import (check_generator, check_model, check_grpo, check_logger, check_monitor, check_optim,
                                  check_policy, check_precision, check_stress)
 from bench.config.rundir_checks import check_resume, check_run_dir
 from bench.errors import BadInput
-from bench.model import ModelConfig, Transformer
+from bench.model import ModelConfig
+from bench.models import load_tokenizer, meta_model
 from bench.tasks import Task, build_task
 
 
@@ -67,10 +68,9 @@ def validate(cfg, recipe: str, dirs: bool = True) -> Checked:
     check_run(cfg, recipe)
     device = pick_device(cfg.device)
     model_cfg: ModelConfig = OmegaConf.to_object(cfg.model) if OmegaConf.is_config(cfg.model) else cfg.model
-    need((reason := model_cfg.validate()) is None, str(reason))
-    task = check_task(cfg, recipe, model_cfg)
-    with torch.device("meta"):  # names and shapes, no storage: free for any model size
-        meta = Transformer(model_cfg)
+    model_cfg = check_model(model_cfg)
+    task = check_task(cfg, recipe, model_cfg, load_tokenizer(model_cfg))
+    meta = meta_model(model_cfg)  # names and shapes, no storage: free for any model size
     sides = ("precision",) if recipe == "pretrain" else ("trainer_precision", "generator_precision")
     for side in sides:
         check_precision(cfg[side], side, meta, device)
@@ -110,14 +110,14 @@ def check_run(cfg, recipe: str) -> None:
              f"can be, so every step would be a mismatch_spike; valid: >= 1, e.g. 1.5")
 
 
-def check_task(cfg, recipe: str, model_cfg: ModelConfig) -> Task:
+def check_task(cfg, recipe: str, model_cfg: ModelConfig, tokenizer=None) -> Task:
     """Build the task (cheap: a textfile is read once, arithmetic tasks are generators) and check
     that its sequences fit the model's context; GRPO needs prompts with a verifiable reward."""
     t = cfg.task
     if t.name == "textfile":
         check_textfile(t)
     try:
-        task = build_task(t)
+        task = build_task(t, tokenizer)
     except (ValueError, TypeError) as e:
         raise BadInput(str(e)) from None
     need(task.seq_len <= model_cfg.max_seq_len,
@@ -125,7 +125,7 @@ def check_task(cfg, recipe: str, model_cfg: ModelConfig) -> Task:
          f"(valid: a model.max_seq_len >= {task.seq_len} or a shorter task)")
     if recipe == "grpo":
         need(task.prompt_len > 0, f"task={task.name} has no prompts or verifiable reward; "
-                                  f"valid for grpo: addition, reversal")
+                                  f"valid for grpo: addition, reversal, arith")
     return task
 
 

@@ -52,8 +52,8 @@ from dataclasses import dataclass
 import torch
 
 from bench.errors import BadInput
-from bench.generation.kvcache import KVCache
-from bench.model import ModelConfig, Transformer, rope_tables, token_logprobs
+from bench.model import ModelConfig, token_logprobs
+from bench.models import empty_model, new_kv_cache
 from bench.precision.mixed import autocast_context, compute_dtype
 from bench.precision.plan import apply_precision, plan_precision
 from bench.timing import phase
@@ -133,23 +133,11 @@ class Generator:
         return self.plan.engine
 
     @staticmethod
-    def _build(cfg: ModelConfig, device: torch.device) -> Transformer:
-        """Its own Transformer, built on the meta device: no random init (refit overwrites every
-        weight) and no draw from the caller's global RNG, which a constructor has no business
-        advancing. Weights are zeros until the first refit; the RoPE tables are recomputed."""
-        with torch.device("meta"):
-            model = Transformer(cfg)
-        model = model.to_empty(device=device)
-        if cfg.tie_embeddings:  # to_empty may swap in new Parameters per module, untying them
-            model.lm_head.weight = model.embed.weight
-        with torch.no_grad():
-            for t in model.state_dict().values():
-                t.zero_()
-            # Computed where and how the trainer's Transformer computes them (on CPU, then moved):
-            # CPU and CUDA cos/sin can differ in the last bit, and bitwise parity needs the same.
-            cos, sin = rope_tables(cfg)
-            model.rope_cos, model.rope_sin = cos.to(device), sin.to(device)
-        return model.eval().requires_grad_(False)
+    def _build(cfg: ModelConfig, device: torch.device) -> torch.nn.Module:
+        """Its own model of the configured kind (bench.models.empty_model): built on the meta
+        device, no random init and no draw from the caller's global RNG; zeros until the first
+        refit; RoPE tables recomputed as the trainer's model computes them."""
+        return empty_model(cfg, device)
 
     def context(self):
         """The autocast the generator's forwards run under (the trainer's for bf16/fp16)."""
@@ -169,7 +157,7 @@ class Generator:
             s = src[k].detach()
             if hasattr(s, "full_tensor"):  # an FSDP2-sharded trainer: all-gather (every rank, same order)
                 s = s.full_tensor()
-            mod = self._quantized.get(k.rsplit(".", 1)[0])
+            mod = self._quantized.get(k.rsplit(".", 1)[0]) if k.endswith(".weight") else None  # a bias is copied
             if mod is not None:
                 mod.load_weight(s)  # checks the shape, quantizes into fresh buffers
             elif tuple(s.shape) != tuple(own[k].shape):
@@ -231,9 +219,8 @@ class Generator:
                 done = torch.zeros(B, dtype=torch.bool, device=dev)
                 cache = None
                 if use_kv_cache:  # the last sampled token is never fed back: P + N - 1 positions
-                    hd = self.cfg.d_model // self.cfg.n_heads
-                    cache = KVCache(self.cfg.n_layers, B, self.cfg.n_heads, P + N - 1, hd, compute_dtype(self.name),
-                                    dev, fp8=self.kv_fp8, headroom=self.kv_headroom)
+                    cache = new_kv_cache(self.cfg, B, P + N - 1, compute_dtype(self.name), dev, fp8=self.kv_fp8,
+                                         headroom=self.kv_headroom)
                     logits = self.model(tokens[:, :P], cache=cache, pos=0)[:, -1]
                 else:
                     logits = self.model(tokens[:, :-1])[:, P - 1]

@@ -46,7 +46,7 @@ def load_policy_weights(model: Transformer, path: str) -> None:
 def supervised_warmup(model: Transformer, task, steps: int, batch_size: int, lr: float, seed: int,
                       device, cache_dir: Path | None) -> dict:
     """Train `model` in place for `steps` supervised steps (fp32); cached by a key of its inputs."""
-    key = json.dumps({"model": model.cfg.__dict__, "task": {k: v for k, v in vars(task).items() if k != "data"},
+    key = json.dumps({"model": model.cfg.__dict__, "task": {k: v for k, v in vars(task).items() if k != "data" and not k.startswith("_")},
                       "steps": steps, "batch": batch_size, "lr": lr, "seed": seed}, sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"warmstart_{task.name}_{digest}.pt" if cache_dir else None

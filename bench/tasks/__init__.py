@@ -5,16 +5,18 @@ from dataclasses import fields
 
 from omegaconf import OmegaConf
 
+from bench.tasks.arith import Arith
 from bench.tasks.arithmetic import Addition, Reversal
 from bench.tasks.base import Problem, Task
 from bench.tasks.textfile import TextFile
 
-TASKS: dict[str, type[Task]] = {"addition": Addition, "reversal": Reversal, "textfile": TextFile}
+TASKS: dict[str, type[Task]] = {"addition": Addition, "reversal": Reversal, "textfile": TextFile, "arith": Arith}
 
 
-def build_task(cfg) -> Task:
+def build_task(cfg, tokenizer=None) -> Task:
     """cfg: a mapping with `name` and any of the task's knobs; the others take the defaults of the
-    task's Config dataclass. An unknown name or knob is a ValueError naming the valid choices."""
+    task's Config dataclass. An unknown name or knob is a ValueError naming the valid choices.
+    tokenizer: None (the character tokenizer) or a wrapped HF tokenizer (bench/tasks/hf_tokenizer.py)."""
     cfg = OmegaConf.to_container(cfg) if OmegaConf.is_config(cfg) else dict(cfg)  # a ??? path stays "???"
     name = cfg.pop("name", None)
     if name not in TASKS:
@@ -25,7 +27,7 @@ def build_task(cfg) -> Task:
         if k not in known:
             raise ValueError(f"unknown key task.{k} for task={name}; valid: {', '.join(known)}")
     defaults = {f.name: getattr(cls.Config(), f.name) for f in fields(cls.Config)}
-    return cls(**{k: cfg.get(k, defaults[k]) for k in known})
+    return cls(**{k: cfg.get(k, defaults[k]) for k in known}, tokenizer=tokenizer)
 
 
 __all__ = ["TASKS", "Task", "Problem", "build_task"]

@@ -32,8 +32,8 @@ class Addition(Task):
     name = "addition"
     Config = AdditionConfig
 
-    def __init__(self, digits: int, reverse_answer: bool, loss_on: str):
-        super().__init__(loss_on)
+    def __init__(self, digits: int, reverse_answer: bool, loss_on: str, tokenizer=None):
+        super().__init__(loss_on, tokenizer)
         if digits <= 0:
             raise ValueError(f"task.digits={digits} must be positive")
         self.digits, self.reverse_answer = digits, reverse_answer
@@ -44,13 +44,11 @@ class Addition(Task):
         ans = str(a + b).zfill(d + 1)
         return Problem(f"{a:0{d}d}+{b:0{d}d}=", ans[::-1] if self.reverse_answer else ans)
 
-    @property
-    def prompt_len(self) -> int:
+    def char_prompt_len(self) -> int:
         return 1 + 2 * self.digits + 2
 
-    @property
-    def seq_len(self) -> int:
-        return self.prompt_len + self.digits + 1 + 1
+    def char_seq_len(self) -> int:
+        return self.char_prompt_len() + self.digits + 1 + 1
 
 
 class Reversal(Task):
@@ -59,8 +57,8 @@ class Reversal(Task):
     name = "reversal"
     Config = ReversalConfig
 
-    def __init__(self, length: int, loss_on: str):
-        super().__init__(loss_on)
+    def __init__(self, length: int, loss_on: str, tokenizer=None):
+        super().__init__(loss_on, tokenizer)
         if length <= 0:
             raise ValueError(f"task.length={length} must be positive")
         self.length = length
@@ -69,10 +67,8 @@ class Reversal(Task):
         s = "".join(rng.choice(string.ascii_lowercase) for _ in range(self.length))
         return Problem(s + ">", s[::-1])
 
-    @property
-    def prompt_len(self) -> int:
+    def char_prompt_len(self) -> int:
         return 1 + self.length + 1
 
-    @property
-    def seq_len(self) -> int:
-        return self.prompt_len + self.length + 1
+    def char_seq_len(self) -> int:
+        return self.char_prompt_len() + self.length + 1

@@ -28,8 +28,8 @@ class TextFile(Task):
     name = "textfile"
     Config = TextFileConfig
 
-    def __init__(self, path: str, window: int):
-        super().__init__(loss_on="all")  # a corpus has no prompt: every token is a target
+    def __init__(self, path: str, window: int, tokenizer=None):
+        super().__init__(loss_on="all", tokenizer=tokenizer)  # a corpus has no prompt: every token is a target
         p = Path(path)
         if path in ("", MISSING):
             raise ValueError("task=textfile needs task.path=FILE (a plain-text file); none given")
@@ -37,9 +37,10 @@ class TextFile(Task):
             raise ValueError(f"task.path={path!r} is not a readable file; valid: a plain-text file")
         if window <= 0:
             raise ValueError(f"task.window={window} must be a positive number of tokens; valid: > 0")
-        ids = encode(clean(p.read_text(errors="ignore")))
+        text = p.read_text(errors="ignore")
+        ids = encode(clean(text)) if self.tok.exact_width else self.tok.encode(text)
         if len(ids) < 20 * (window + 1):
-            raise ValueError(f"task.path={path!r} holds {len(ids)} usable characters; need >= {20 * (window + 1)} "
+            raise ValueError(f"task.path={path!r} holds {len(ids)} usable tokens; need >= {20 * (window + 1)} "
                              f"(20 windows of task.window={window}); valid: a longer file or a smaller task.window")
         cut = int(len(ids) * 0.9)
         self.window = window

@@ -38,3 +38,26 @@ def clean(text: str) -> str:
     """Map text onto the vocabulary: newlines/tabs become spaces, other characters are dropped."""
     text = text.replace("\n", " ").replace("\t", " ")
     return "".join(c for c in text if c in _IDS)
+
+
+class CharTokenizer:
+    """The character tokenizer as an object, the interface every task codes against (an HF
+    tokenizer is wrapped to the same interface in bench/tasks/hf_tokenizer.py). `exact_width`:
+    token counts are character counts, so a task can state its sequence widths exactly."""
+    pad_id, bos_id, eos_id, vocab_size = PAD, BOS, EOS, VOCAB_SIZE
+    exact_width = True
+
+    def encode(self, text: str) -> list[int]:
+        return encode(text)
+
+    def encode_prompt(self, text: str) -> list[int]:
+        return [BOS] + encode(text)
+
+    def decode(self, ids) -> str:
+        return decode(ids)
+
+    def __repr__(self) -> str:  # stable: the warm-up cache key includes the task's tokenizer
+        return "char"
+
+
+CHAR = CharTokenizer()

@@ -1,0 +1,198 @@
+"""model=hf: a Hugging Face causal LM behind the built-in model's interface.
+
+The adapter holds the transformers model's own modules under the built-in names, so everything
+that selects modules by name works unchanged:
+  embed   <- model.embed_tokens        norm    <- model.norm
+  layers  <- model.layers (the decoder layers; `layers.<i>.self_attn.q_proj`, `.mlp.down_proj`)
+  lm_head <- lm_head                   rotary  <- model.rotary_emb (non-persistent inv_freq)
+The transformers model object is kept as a plain attribute (`.hf`), not a submodule, so the
+state-dict keys and Linear names are the adapter's (`layers.3.mlp.up_proj`), and
+`.hf.save_pretrained` still writes a loadable checkpoint (it holds the very same modules).
+
+forward(idx, cache, pos) runs the decoder layers itself (embedding -> rotary -> layers -> norm ->
+lm_head -> fp32 logits), the way the HF model's forward does, minus its mask and cache machinery:
+with no cache, or a cache at pos 0, attention is plain causal SDPA (mask None, which transformers'
+SDPA path turns into is_causal=True); one decoded token attends to all cached positions; a prefill
+chunk at pos > 0 gets an explicit [T, pos+T] causal mask. The cache is the generator's own
+bench.generation.kvcache.KVCache, reached through a view whose update(k, v, layer_idx) is the call
+transformers' attention makes on a Cache: so quantize-on-write (the FP8 KV cache) works here too.
+
+Padding: prompts are left-padded (bench/tasks/base.py) and no attention mask is passed, so pad
+tokens are attended to. Trainer and generator see the same tokens, so mismatch metrics are
+unaffected; a pretrained checkpoint's accuracy may be slightly lower than with a padding mask.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from bench.errors import BadInput
+
+ARCHS = ("llama", "qwen2", "qwen3")
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise BadInput("model=hf needs the transformers package; valid: pip install transformers "
+                       "(scripts/setup.sh installs it)") from None
+    transformers.logging.set_verbosity_error()
+    return transformers
+
+
+def arch_config(cfg, pad_id: int = 0, bos_id: int = 1, eos_id: int = 2):
+    """A transformers config for model.arch with the harness's size keys (random weights)."""
+    tf = _transformers()
+    if cfg.arch not in ARCHS:
+        raise BadInput(f"model.arch={cfg.arch!r}; valid: {', '.join(ARCHS)} (or model.path=DIR)")
+    common = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
+                  num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+                  num_key_value_heads=cfg.n_kv_heads or cfg.n_heads, max_position_embeddings=cfg.max_seq_len,
+                  rms_norm_eps=cfg.norm_eps, tie_word_embeddings=cfg.tie_embeddings, initializer_range=cfg.init_std,
+                  rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+                  pad_token_id=pad_id, bos_token_id=bos_id, eos_token_id=eos_id)
+    if cfg.arch == "llama":
+        return tf.LlamaConfig(attention_bias=False, mlp_bias=False, **common)
+    if cfg.arch == "qwen2":
+        return tf.Qwen2Config(use_sliding_window=False, **common)
+    return tf.Qwen3Config(head_dim=cfg.d_model // cfg.n_heads, attention_bias=False, use_sliding_window=False,
+                          **common)
+
+
+def _check_path(path: str) -> Path:
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise BadInput(f"model.path={path!r} holds no config.json; valid: a local directory written by "
+                       f"save_pretrained (never a hub name: nothing is downloaded)")
+    return p
+
+
+def path_config(path: str):
+    return _transformers().AutoConfig.from_pretrained(str(_check_path(path)), local_files_only=True)
+
+
+def load_hf_tokenizer(path: str):
+    try:
+        return _transformers().AutoTokenizer.from_pretrained(str(_check_path(path)), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise BadInput(f"model.path={path!r}: no tokenizer could be loaded ({str(e).splitlines()[0]}); "
+                       f"valid: a directory with tokenizer.json (or the model's tokenizer files)") from None
+
+
+def resolve_hf(cfg):
+    """Sizes of a model.path checkpoint copied into the harness's config (the generator's KV cache,
+    the validation pass and the logs read them); max_seq_len is the checkpoint's context unless
+    the user set a smaller one."""
+    if not cfg.path:
+        if not cfg.arch:
+            raise BadInput("model=hf needs model.path=DIR (a local checkpoint) or model.arch=ARCH; "
+                           f"valid archs: {', '.join(ARCHS)}")
+        return cfg
+    c = path_config(cfg.path)
+    text = getattr(c, "text_config", None) or c
+    import dataclasses
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    if head_dim * heads != text.hidden_size:
+        raise BadInput(f"model.path={cfg.path!r}: head_dim {head_dim} x {heads} heads != hidden {text.hidden_size}; "
+                       f"valid: models whose attention width equals the hidden size")
+    return dataclasses.replace(
+        cfg, arch=c.model_type, vocab_size=text.vocab_size, d_model=text.hidden_size, n_layers=text.num_hidden_layers,
+        n_heads=heads, n_kv_heads=getattr(text, "num_key_value_heads", heads) or heads,
+        d_ff=getattr(text, "intermediate_size", cfg.d_ff), tie_embeddings=bool(c.tie_word_embeddings),
+        max_seq_len=min(cfg.max_seq_len, text.max_position_embeddings) if cfg.max_seq_len else text.max_position_embeddings)
+
+
+class _CacheView:
+    """What transformers' attention calls on a Cache (update(k, v, layer_idx, ...) -> all k, v),
+    writing into the generator's KVCache at position `pos`."""
+
+    def __init__(self, cache, pos: int):
+        self.cache, self.pos, self.calls = cache, pos, 0
+
+    def update(self, k, v, layer_idx, *args, **kwargs):
+        self.calls += 1
+        return self.cache.layer(layer_idx).update(k, v, self.pos)
+
+
+def refuse_non_linear(model: nn.Module) -> None:
+    """Projections the planner cannot see (fused MoE experts hold raw 3-D weight Parameters, not
+    nn.Linear): refused, because they would silently stay in high precision under an FP8 recipe."""
+    for name, mod in model.named_modules():
+        own = [n for n, p in mod.named_parameters(recurse=False) if p.dim() >= 3]
+        if own and not isinstance(mod, (nn.Linear, nn.Embedding)):
+            raise BadInput(f"model=hf: module {name} ({type(mod).__name__}) holds projection weights that are not "
+                           f"nn.Linear (fused experts?); valid: dense causal LMs whose projections are nn.Linear")
+
+
+class HFCausalLM(nn.Module):
+    """A transformers causal LM with the built-in Transformer's interface (see the module docstring)."""
+
+    def __init__(self, cfg, hf_model):
+        super().__init__()
+        self.cfg = cfg
+        object.__setattr__(self, "hf", hf_model)  # not a submodule: the names are the adapter's
+        inner = hf_model.model
+        self.embed, self.layers, self.norm = inner.embed_tokens, inner.layers, inner.norm
+        self.rotary, self.lm_head = inner.rotary_emb, hf_model.lm_head
+        refuse_non_linear(self)
+
+    @classmethod
+    def build(cls, cfg, load_weights: bool = True) -> "HFCausalLM":
+        tf = _transformers()
+        if cfg.path and load_weights:  # fp32 master weights, whatever dtype the checkpoint stores
+            hf = tf.AutoModelForCausalLM.from_pretrained(str(_check_path(cfg.path)), local_files_only=True,
+                                                         dtype=torch.float32, attn_implementation="sdpa")
+        else:
+            conf = path_config(cfg.path) if cfg.path else arch_config(cfg)
+            conf._attn_implementation = "sdpa"
+            hf = tf.AutoModelForCausalLM.from_config(conf, dtype=torch.float32)
+        return cls(cfg, hf)
+
+    def reset_parameters(self) -> None:
+        """Back to the starting weights (the warm-up starts here): a fresh random init from the
+        global RNG for model.arch, the checkpoint's weights again for model.path."""
+        with torch.no_grad():
+            if self.cfg.path:
+                fresh = HFCausalLM.build(self.cfg)
+                self.load_state_dict(fresh.state_dict())
+                return
+            for mod in self.hf.modules():
+                for n, p in mod.named_parameters(recurse=False):
+                    if isinstance(mod, (nn.Linear, nn.Embedding)) and n == "weight":
+                        nn.init.normal_(p, 0.0, self.cfg.init_std)
+                    elif n == "bias":
+                        p.zero_()
+                    else:  # norm gains
+                        p.fill_(1.0)
+
+    @torch.no_grad()
+    def recompute_buffers(self, device) -> None:
+        """RoPE inverse frequencies, computed on CPU as at construction (to_empty left garbage)."""
+        fresh = type(self.rotary)(self.hf.config)
+        for name, buf in fresh.named_buffers():
+            setattr(self.rotary, name, buf.to(device))
+
+    def forward(self, idx: torch.Tensor, cache=None, pos: int = 0) -> torch.Tensor:
+        B, T = idx.shape
+        if pos + T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {pos + T} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
+        x = self.embed(idx)
+        position_ids = torch.arange(pos, pos + T, device=idx.device)[None].expand(B, T)
+        rope = self.rotary(x, position_ids)
+        mask = None  # causal SDPA (or, for one decoded token, attention to every cached position)
+        if cache is not None and pos > 0 and T > 1:
+            mask = torch.ones(T, pos + T, dtype=torch.bool, device=idx.device).tril(pos)[None, None]
+        view = None if cache is None else _CacheView(cache, pos)
+        for layer in self.layers:
+            x = layer(x, attention_mask=mask, position_ids=position_ids, cache=view, position_embeddings=rope)
+        if view is not None and view.calls != len(self.layers):
+            # A transformers version whose layers take the cache under another keyword would
+            # silently decode without it: refuse instead (tested with transformers 5.24).
+            raise RuntimeError(f"transformers {_transformers().__version__}: decoder layers ignored the KV cache; "
+                               f"valid: transformers >= 5.24 (layers take `cache=`)")
+        # Logits in fp32, as the built-in model: log-softmax over the vocab is where rounding shows.
+        return self.lm_head(self.norm(x)).float()

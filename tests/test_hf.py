@@ -1,0 +1,161 @@
+"""model=hf: tiny Llama / Qwen2 / Qwen3 built in-process behave as the built-in model does in the
+harness: planner names, generator parity, KV cache, FP8 generator mismatch, save_pretrained dirs."""
+import re
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from bench.config.schema import ModelConfig
+from bench.errors import BadInput
+from bench.generation import Generator
+from bench.model import token_logprobs
+from bench.models import build_model, load_tokenizer, resolve
+from bench.precision.mixed import autocast_context
+from bench.precision.plan import select_fp8_modules
+from bench.rl.mismatch import mismatch_metrics
+from bench.tasks import build_task
+
+ARCHS = ("llama", "qwen2", "qwen3")
+
+
+def tiny(arch: str, **kw) -> ModelConfig:
+    return ModelConfig(name="hf", kind="hf", arch=arch, n_layers=2, n_kv_heads=2, **kw)
+
+
+def trained(cfg: ModelConfig, seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model(cfg)
+
+
+def char_tokenizer():
+    """A character-level HF tokenizer built in code (nothing downloaded)."""
+    import string
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", *string.printable[:95]])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_hf_linears_sit_under_builtin_names_and_lm_head_stays_high_precision(arch):
+    model = build_model(tiny(arch))
+    fp8, kept = select_fp8_modules(model, {"patterns": ["lm_head"], "first_n_layers": 1, "last_n_layers": 0})
+    assert kept == [n for n in kept if n.startswith("layers.0.")] + ["lm_head"]
+    assert "layers.1.self_attn.q_proj" in fp8 and "layers.1.mlp.down_proj" in fp8 and len(fp8) == 7
+    assert list(model.state_dict())[0] == "embed.weight" and len(model.layers) == 2
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_kv_cache_decode_equals_full_recompute_in_fp32(arch):
+    cfg = tiny(arch)
+    model = trained(cfg)
+    prompts = torch.randint(3, 128, (4, 7), generator=torch.Generator().manual_seed(1))
+    outs = []
+    for use_cache in (True, False):
+        gen = Generator(cfg, "fp32")
+        gen.refit(model)
+        outs.append(gen.generate(prompts, 12, seed=3, use_kv_cache=use_cache))
+    assert torch.equal(outs[0].tokens, outs[1].tokens)
+    assert (outs[0].logprobs - outs[1].logprobs).abs().max() <= 1e-5
+
+
+def _mismatch(cfg, precision: str) -> float:
+    model = trained(cfg)
+    gen = Generator(cfg, precision)
+    gen.refit(model)
+    prompts = torch.randint(3, 128, (8, 6), generator=torch.Generator().manual_seed(2))
+    ro = gen.generate(prompts, 10, seed=5, use_kv_cache=False)
+    with torch.no_grad(), autocast_context("bf16", "cpu"):
+        lp_old = token_logprobs(model(ro.tokens[:, :-1])[:, 5:], ro.tokens[:, 6:])
+    return mismatch_metrics(ro.logprobs_untruncated, lp_old, ro.response_mask)["mismatch/token_mult_prob_error"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_bf16_generator_without_kv_cache_is_bitwise_the_bf16_trainer(arch):
+    assert _mismatch(tiny(arch), "bf16") == 1.0
+
+
+def test_fp8_generator_disagrees_with_the_bf16_trainer():
+    # Llama: bias-free projections (the inference engine's FP8 Linear carries no bias).
+    assert _mismatch(tiny("llama"), "fp8_tensorwise") > 1.0
+
+
+def test_fp8_kv_cache_quantizes_on_write_in_the_hf_attention():
+    cfg = tiny("qwen3")
+    model = trained(cfg)
+    gen = Generator(cfg, "bf16", kv_cache_dtype="fp8")
+    gen.refit(model)
+    ro = gen.generate(torch.randint(3, 128, (2, 6)), 8, seed=0)
+    ref = Generator(cfg, "bf16")
+    ref.refit(model)
+    assert not torch.equal(ro.logprobs, ref.generate(ro.tokens[:, :6], 8, seed=0).logprobs)
+
+
+def test_save_pretrained_directory_loads_via_model_path_with_its_tokenizer(tmp_path):
+    tok = char_tokenizer()
+    cfg = tiny("qwen2", vocab_size=len(tok))
+    model = trained(cfg)
+    model.hf.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    loaded_cfg = resolve(ModelConfig(name="hf", kind="hf", path=str(tmp_path)))
+    assert (loaded_cfg.arch, loaded_cfg.n_layers, loaded_cfg.n_kv_heads, loaded_cfg.vocab_size) == ("qwen2", 2, 2, 98)
+    loaded = build_model(loaded_cfg)
+    idx = torch.randint(3, 98, (2, 9))
+    assert torch.equal(loaded(idx), model(idx))
+    task = build_task({"name": "arith"}, load_tokenizer(loaded_cfg))
+    p = task.problems("train", 1, 0)[0]
+    assert task.completion_text(torch.tensor(tok.encode(p.answer, add_special_tokens=False) + [2, 5])) == p.answer
+
+
+def test_model_hf_without_path_or_arch_is_one_line_of_bad_input(tmp_path):
+    with pytest.raises(BadInput, match="model.path=DIR .* or model.arch"):
+        resolve(ModelConfig(kind="hf"))
+    with pytest.raises(BadInput, match="holds no config.json"):
+        resolve(ModelConfig(kind="hf", path=str(tmp_path)))
+    with pytest.raises(BadInput, match="model.arch='gpt2'; valid: llama, qwen2, qwen3"):
+        build_model(ModelConfig(kind="hf", arch="gpt2"))
+
+
+def test_fused_expert_weights_that_are_not_linear_are_refused():
+    from bench.models.hf import refuse_non_linear
+
+    experts = torch.nn.Module()
+    experts.gate_up_proj = torch.nn.Parameter(torch.zeros(4, 8, 16))
+    root = torch.nn.Module()
+    root.add_module("experts", experts)
+    with pytest.raises(BadInput, match="module experts .* not nn.Linear"):
+        refuse_non_linear(root)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model=hf", "model.path=/no/such/dir"], "model.path='/no/such/dir' holds no config.json"),
+    (["model=hf", "model.arch=gpt2"], "model.arch='gpt2'; valid: llama, qwen2, qwen3"),
+    (["model.arch=llama"], "model.arch='llama' is a model=hf key"),
+    (["model=hf", "model.n_kv_heads=3"], "model.n_kv_heads=3 must divide model.n_heads=4"),
+    (["model=hf", "model.kind=jax"], "model.kind='jax'; valid: builtin, hf"),
+    (["task=arith"], "task arith needs sequences of 120 tokens; model.max_seq_len=96"),
+])
+def test_bad_model_settings_are_one_line_before_compute(overrides, message):
+    from helpers import compose_cfg
+
+    from bench.config.validate import validate
+
+    with pytest.raises(BadInput, match=re.escape(message)):
+        validate(compose_cfg("pretrain", overrides), "pretrain", dirs=False)
+
+
+def test_model_hf_config_validates_and_builds_the_meta_model():
+    from helpers import compose_cfg
+
+    from bench.config.validate import validate
+
+    checked = validate(compose_cfg("grpo", ["model=hf", "model.arch=qwen3", "task=arith", "model.max_seq_len=128",
+                                            "generator_precision=fp8_blockwise"]), "grpo", dirs=False)
+    assert checked.model.kind == "hf" and checked.task.name == "arith"
