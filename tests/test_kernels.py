@@ -59,8 +59,7 @@ def test_exact_kernels_without_kv_cache_give_tmpe_exactly_one(trainer):
 
 @pytest.mark.parametrize("switch", [s for s in SWITCHES if s != "fp8_activation_scaling"])
 def test_each_switch_alone_moves_the_bf16_mismatch_above_one(trainer, switch):
-    # 4 sequences: few enough rows that the shape heuristic of batch_invariant=false splits K.
-    _, ro = rollout(trainer, kernels={switch: ALONE[switch]}, n=4)
+    _, ro = rollout(trainer, kernels={switch: ALONE[switch]})
     assert tmpe(trainer, ro) > 1.0
 
 
@@ -117,7 +116,7 @@ def test_split_kv_attention_is_softmax_attention_up_to_rounding():
 def test_per_token_quantize_scales_each_row_to_448():
     x = torch.tensor([[1.0, -2.0, 0.5], [0.0, 0.0, 0.0], [300.0, 1.0, -3.0]])
     q, s = per_token_quantize(x)
-    assert s[:, 0].tolist() == [224.0, 1.0, 448.0 / 300.0]
+    assert s[:, 0].tolist() == [224.0, 1.0, torch.tensor(448.0 / 300.0).item()]  # fp32 division
     assert q.float().abs().amax(-1).tolist() == [448.0, 0.0, 448.0]
 
 

@@ -44,7 +44,7 @@ E4M3 = FORMATS["e4m3"]
 SWITCHES = ("weights_in_compute_dtype", "norm_in_compute_dtype", "rope_in_compute_dtype", "split_k",
             "split_kv", "batch_invariant", "fp8_activation_scaling")
 ACT_SCALINGS = ("recipe", "per_token")
-NOTIONAL_SMS = 16  # the batch-dependent heuristic fills this many "SMs" with split-K tiles
+NOTIONAL_SMS = 132  # the batch-dependent heuristic fills this many SMs (an H100 SXM has 132) with tiles
 
 
 @dataclass
