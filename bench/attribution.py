@@ -72,3 +72,18 @@ def attribution_metrics(record: dict) -> dict:
         out[f"attrib/{r['site']}/rel_diff"] = r["rel_diff"]
         out[f"attrib/{r['site']}/max_abs"] = r["max_abs"]
     return out
+
+
+def attribute_step(run_dir, step: int, model, context, generator, tokens: torch.Tensor, mask: torch.Tensor,
+                   prompt_len: int, rows: int, use_kv_cache: bool, temperature: float, threshold: float) -> dict:
+    """In-run attribution of one GRPO step (attribution.interval): the first `rows` rows, the
+    batch one generate() call sampled (batch-size-dependent kernels need the same batch), appended
+    to run_dir/attribution.jsonl. Returns the `attrib/*` metrics."""
+    from bench.rundir import JsonlWriter
+
+    rec = attribute(model, context, generator, tokens[:rows], mask[:rows], prompt_len, use_kv_cache, temperature,
+                    threshold)
+    w = JsonlWriter(run_dir / "attribution.jsonl")
+    w.write({"step": step, **rec})
+    w.close()
+    return attribution_metrics(rec)
