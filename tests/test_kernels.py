@@ -57,6 +57,20 @@ def test_exact_kernels_without_kv_cache_give_tmpe_exactly_one(trainer):
     assert tmpe(trainer, ro) == 1.0
 
 
+def test_lm_head_fp32_on_both_sides_keeps_the_exact_zero_point_and_computes_logits_in_fp32(trainer):
+    g, ro = rollout(trainer, kernels=None, lm_head_fp32=True)
+    trainer.lm_head_fp32 = True
+    try:
+        assert tmpe(trainer, ro) == 1.0
+        with autocast_context("bf16", "cpu"), torch.no_grad():
+            sites = {}
+            trainer(ro.tokens[:3, :P], sites=sites)
+        ref = sites["norm"].double() @ trainer.lm_head.weight.double().t()
+        assert torch.allclose(sites["logits"].double(), ref, rtol=1e-5, atol=1e-5)
+    finally:
+        trainer.lm_head_fp32 = False
+
+
 @pytest.mark.parametrize("switch", [s for s in SWITCHES if s != "fp8_activation_scaling"])
 def test_each_switch_alone_moves_the_bf16_mismatch_above_one(trainer, switch):
     _, ro = rollout(trainer, kernels={switch: ALONE[switch]})

@@ -180,7 +180,10 @@ def install_kernels(model: nn.Module, kcfg: KernelConfig, cd: torch.dtype, quant
     model.lm_head_fp32 = bool(lm_head_fp32)
     quantized = dict(quantized)
     if fp8 and kcfg.fp8_activation_scaling == "per_token":
+        from bench.precision.inference import InferenceLinear  # the FP8 one (FP4 Linears keep their scales)
         for name, mod in list(quantized.items()):
+            if not isinstance(mod, InferenceLinear):
+                continue
             new = PerTokenFP8Linear(mod.in_features, mod.out_features, name, device=mod._device)
             parent, _, leaf = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, leaf, new)
