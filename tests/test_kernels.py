@@ -85,11 +85,16 @@ def test_per_token_fp8_activation_scaling_changes_an_fp8_generators_logprobs(tra
 
 
 def test_inference_preset_with_every_switch_off_equals_exact(trainer):
-    off = {k: KernelConfig.__dataclass_fields__[k].default for k in SWITCHES}
-    off["kv_chunk"] = 8  # a chunk size with split_kv off changes nothing
-    _, a = rollout(trainer, kernels=off, use_kv_cache=True)
+    import bench.config.schema  # noqa: F401  (registers the schemas compose needs)
+    from tests.helpers import compose_cfg
+    off = [f"generator.kernels.{k}={str(KernelConfig.__dataclass_fields__[k].default).lower()}" for k in SWITCHES]
+    cfg = compose_cfg("grpo", ["generator/kernels=inference", *off])
+    assert cfg.generator.kernels.split_kv is False and cfg.generator.kernels.kv_chunk == 16
+    _, a = rollout(trainer, kernels=cfg.generator.kernels, use_kv_cache=True)
     _, b = rollout(trainer, kernels=None, use_kv_cache=True)
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.logprobs_untruncated, b.logprobs_untruncated)
+    on = compose_cfg("grpo", ["generator/kernels=inference"]).generator.kernels
+    assert all(on[k] != KernelConfig.__dataclass_fields__[k].default for k in SWITCHES)  # the preset: all on
 
 
 @pytest.mark.parametrize("use_kv_cache", [False, True])
