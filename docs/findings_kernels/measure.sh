@@ -19,6 +19,9 @@ cell fp8-fp8 trainer_precision=fp8_blockwise generator_precision=fp8_blockwise
 cell bf16-fp8 trainer_precision=bf16 generator_precision=fp8_blockwise
 cell bf16-bf16-lmhead32 trainer_precision=bf16 generator_precision=bf16 lm_head_fp32=true
 cell bf16-bf16-exact trainer_precision=bf16 generator_precision=bf16 generator/kernels=exact
+# FP8 end to end with the trainer recipe's activation scales on the generator too (same grid on both sides).
+cell fp8-fp8-recipe-scales trainer_precision=fp8_blockwise generator_precision=fp8_blockwise \
+    generator.kernels.fp8_activation_scaling=recipe
 # Source ablation on the bf16/bf16 seed-0 policy after its 12 steps.
 for pair in "bf16 bf16" "bf16 fp8_blockwise" "fp8_blockwise fp8_blockwise" "fp16 fp16"; do
   set -- $pair
