@@ -28,3 +28,5 @@ for pair in "bf16 bf16" "bf16 fp8_blockwise" "fp8_blockwise fp8_blockwise" "fp16
   $py -m recipes.attribute init_from=$out/bf16-bf16/s0 trainer_precision=$1 generator_precision=$2 threads=1 \
       "run_dir=$out/attribute/$1-$2" >/dev/null
 done
+$py -m recipes.attribute init_from=$out/bf16-bf16/s0 trainer_precision=bf16 generator_precision=bf16 lm_head_fp32=true \
+    threads=1 "run_dir=$out/attribute/bf16-bf16-lmhead32" >/dev/null

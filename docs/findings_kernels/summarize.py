@@ -1,4 +1,4 @@
-"""Median over steps per run, then median over seeds, of tmpe and gen_kl_k3 per cell; the ablation tables."""
+"""Median over steps per run (and step 0 alone), then median over seeds, of tmpe and gen_kl_k3 per cell; the ablation tables."""
 import json
 import statistics
 import sys
@@ -14,10 +14,15 @@ for cell in sorted(p for p in out.iterdir() if p.is_dir() and p.name != "attribu
         per_seed.append({"run": run.name,
                          "tmpe_median": statistics.median(r["mismatch/token_mult_prob_error"] for r in rows),
                          "gen_kl_k3_median": statistics.median(r["mismatch/gen_kl_k3"] for r in rows),
+                         "tmpe_step0": rows[0]["mismatch/token_mult_prob_error"],
+                         "gen_kl_k3_step0": rows[0]["mismatch/gen_kl_k3"],
                          "step_time_s_median": statistics.median(r["train/step_time_s"] for r in rows)})
     cells[cell.name] = {"seeds": per_seed,
                         "tmpe_median": statistics.median(s["tmpe_median"] for s in per_seed),
-                        "gen_kl_k3_median": statistics.median(s["gen_kl_k3_median"] for s in per_seed)}
+                        "gen_kl_k3_median": statistics.median(s["gen_kl_k3_median"] for s in per_seed),
+                        # step 0: every cell samples the same warm-started policy on the same prompts
+                        "tmpe_step0_median": statistics.median(s["tmpe_step0"] for s in per_seed),
+                        "gen_kl_k3_step0_median": statistics.median(s["gen_kl_k3_step0"] for s in per_seed)}
 abl = {}
 for d in sorted((out / "attribute").glob("*")) if (out / "attribute").is_dir() else []:
     r = json.loads((d / "attribution.json").read_text())
