@@ -7,7 +7,7 @@ import torch
 from bench.attribution import attribute, compare_sites, site_names, site_stats
 from bench.errors import BadInput
 from bench.generation import Generator
-from bench.generation.kernels import (SWITCHES, KernelConfig, kernel_config, per_token_quantize,
+from bench.generation.kernels import (SWITCHES, KernelConfig, per_token_quantize,
                                       split_k_matmul)
 from bench.generation.replay import replay
 from bench.model import ModelConfig, Transformer, split_kv_attention, token_logprobs

@@ -69,9 +69,6 @@ class KernelConfig:
             raise BadInput(f"{where}.fp8_activation_scaling={self.fp8_activation_scaling!r}; "
                            f"valid: {', '.join(ACT_SCALINGS)}")
 
-    def is_exact(self) -> bool:
-        return self == KernelConfig()
-
 
 def kernel_config(obj) -> KernelConfig:
     """A KernelConfig from None (exact), a KernelConfig, or a mapping (a config node)."""
