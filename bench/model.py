@@ -67,10 +67,12 @@ def rope_tables(cfg: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tens
     return freqs.cos(), freqs.sin()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B, H, T, hd]; rotates pairs (x1, x2) = halves of the head dim, computed in fp32."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    cos, sin = cos[None, None], sin[None, None]
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """x [B, H, T, hd]; rotates pairs (x1, x2) = halves of the head dim, computed in fp32, or in
+    `dtype` (the generator kernel switch rope_in_compute_dtype: x and the tables rounded to it)."""
+    dt = torch.float32 if dtype is None else dtype
+    x1, x2 = x.to(dt).chunk(2, dim=-1)
+    cos, sin = cos[None, None].to(dt), sin[None, None].to(dt)
     out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
     return out.to(x.dtype)
 
@@ -83,8 +85,14 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
+        self.reduce_dtype: torch.dtype | None = None  # generator kernel norm_in_compute_dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reduce_dtype is not None:  # as fused inference RMSNorm kernels: all in bf16/fp16
+            with torch.autocast(x.device.type, enabled=False):
+                xc = x.to(self.reduce_dtype)
+                xc = xc * torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + self.eps)
+                return xc * self.weight.to(self.reduce_dtype)
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return (xf * self.weight.float()).to(x.dtype)
@@ -98,6 +106,9 @@ class Attention(nn.Module):
         self.q, self.k, self.v, self.o = (linear(d, d) for _ in range(4))
         self.q_norm = RMSNorm(self.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        # Generator kernel hooks (bench/generation/kernels.py); None / 0 = the trainer's ops.
+        self.rope_dtype: torch.dtype | None = None
+        self.kv_chunk = 0  # > 0: flash-decoding attention with chunks of this many keys
 
     def forward(self, x, cos, sin, cache=None, pos: int = 0):
         B, T, _ = x.shape
@@ -105,8 +116,12 @@ class Attention(nn.Module):
         q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is None:
+        q, k = apply_rope(q, cos, sin, self.rope_dtype), apply_rope(k, cos, sin, self.rope_dtype)
+        if self.kv_chunk:
+            if cache is not None:
+                k, v = cache.update(k, v, pos)
+            y = split_kv_attention(q, k.to(q.dtype), v.to(q.dtype), pos, self.kv_chunk)
+        elif cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             k, v = cache.update(k, v, pos)  # all keys/values up to pos + T
@@ -116,6 +131,32 @@ class Attention(nn.Module):
                 mask = torch.ones(T, pos + T, dtype=torch.bool, device=x.device).tril(pos)
                 y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
         return self.o(y.transpose(1, 2).reshape(B, T, -1))
+
+
+def split_kv_attention(q, k, v, pos: int, chunk: int) -> torch.Tensor:
+    """Causal attention as flash-decoding computes it. q [B,H,T,d] at positions pos..pos+T-1,
+    k/v [B,H,L,d] at 0..L-1. Keys are cut in chunks of `chunk`; per chunk, in fp32: scores
+    s = q·k/√d, m = max s, p = exp(s − m), l = Σp, o = (p rounded to the compute dtype)·v / l
+    (FlashAttention feeds P to its second GEMM in bf16/fp16), lse = m + log l. The chunks combine
+    as o = Σ_c exp(lse_c − LSE) o_c with LSE = log Σ_c exp(lse_c): exact softmax algebra, with
+    rounding where the real kernel rounds. Returns [B,H,T,d] in q's dtype."""
+    T, L, d = q.shape[2], k.shape[2], q.shape[-1]
+    qf = q.float() / math.sqrt(d)
+    allowed = torch.arange(L, device=q.device)[None, :] <= (pos + torch.arange(T, device=q.device))[:, None]
+    outs, lses = [], []
+    for c0 in range(0, L, chunk):
+        s = qf @ k[:, :, c0:c0 + chunk].float().transpose(-1, -2)
+        s = s.masked_fill(~allowed[:, c0:c0 + chunk], float("-inf"))
+        m = s.amax(-1, keepdim=True)
+        m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # a fully masked chunk
+        p = torch.exp(s - m_safe)
+        l = p.sum(-1, keepdim=True)
+        o = (p.to(q.dtype).float() @ v[:, :, c0:c0 + chunk].float()) / l.clamp(min=1e-30)
+        outs.append(o)
+        lses.append(torch.where(l > 0, m_safe + torch.log(l.clamp(min=1e-30)), torch.full_like(l, float("-inf"))))
+    lse = torch.stack(lses)  # [C, B, H, T, 1]
+    w = torch.softmax(lse, dim=0)
+    return (w * torch.stack(outs)).sum(0).to(q.dtype)
 
 
 class SwiGLU(nn.Module):
@@ -137,9 +178,14 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg)
 
-    def forward(self, x, cos, sin, cache=None, pos: int = 0):
+    def forward(self, x, cos, sin, cache=None, pos: int = 0, sites: dict | None = None, i: int = 0):
         x = x + self.attn(self.attn_norm(x), cos, sin, cache, pos)
-        return x + self.mlp(self.mlp_norm(x))
+        if sites is not None:
+            sites[f"layers.{i}.attn"] = x
+        x = x + self.mlp(self.mlp_norm(x))
+        if sites is not None:
+            sites[f"layers.{i}.mlp"] = x
+        return x
 
 
 class Transformer(nn.Module):
@@ -150,6 +196,7 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = linear(cfg.d_model, cfg.vocab_size)
+        self.lm_head_fp32 = False  # top-level lm_head_fp32: LM head GEMM and logits in fp32 (both sides)
         cos, sin = rope_tables(cfg)
         # Non-persistent: derived from the config, so never a checkpoint mismatch.
         self.register_buffer("rope_cos", cos, persistent=False)
@@ -166,18 +213,30 @@ class Transformer(nn.Module):
                 scale = 1 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("o.weight", "down.weight")) else 1.0
                 nn.init.normal_(p, mean=0.0, std=std * scale)
 
-    def forward(self, idx: torch.Tensor, cache=None, pos: int = 0) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, cache=None, pos: int = 0, sites: dict | None = None) -> torch.Tensor:
         """idx [B, T] token ids -> logits [B, T, V] (fp32). With `cache`, idx holds positions
-        pos .. pos+T-1 and keys/values are appended to the cache."""
+        pos .. pos+T-1 and keys/values are appended to the cache. `sites`, a dict, receives the
+        attribution sites (DESIGN §11: embed, layers.<i>.attn, layers.<i>.mlp, norm, logits)."""
         T = idx.shape[1]
         if pos + T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {pos + T} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
         cos, sin = self.rope_cos[pos:pos + T], self.rope_sin[pos:pos + T]
         x = self.embed(idx)
+        if sites is not None:
+            sites["embed"] = x
         for i, block in enumerate(self.layers):
-            x = block(x, cos, sin, None if cache is None else cache.layer(i), pos)
+            x = block(x, cos, sin, None if cache is None else cache.layer(i), pos, sites, i)
+        h = self.norm(x)
+        if self.lm_head_fp32:  # MiniMax-M1's fix: the LM head GEMM in fp32, no autocast rounding
+            with torch.autocast(idx.device.type, enabled=False):
+                logits = self.lm_head(h.float())
+        else:
+            logits = self.lm_head(h)
         # Logits in fp32: log-softmax over the vocab is where bf16 rounding shows up as mismatch.
-        return self.lm_head(self.norm(x)).float()
+        logits = logits.float()
+        if sites is not None:
+            sites["norm"], sites["logits"] = h, logits
+        return logits
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

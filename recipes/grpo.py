@@ -25,6 +25,7 @@ import hydra
 import torch
 
 from bench import distributed
+from bench.attribution import attribute_step
 from bench.eval import evaluate
 from bench.events import Event
 from bench.generation import Generator
@@ -67,9 +68,11 @@ def build(s: Session) -> Parts:
     shards = resolve_shards(g.rollout_shards, s.dist.world, g.prompts_per_step, g.group_size, g.minibatches)
     torch.manual_seed(cfg.seed)
     model = build_model(s.model_cfg, device)
+    model.lm_head_fp32 = cfg.lm_head_fp32  # both sides (DESIGN §11); the generator gets it below
     plan, engine = plan_precision(model, cfg.trainer_precision, device)  # validates before compute
     generator = Generator(s.model_cfg, cfg.generator_precision, device, kv_cache_dtype=cfg.generator.kv_cache_dtype,
-                          kv_cache_headroom=cfg.generator.kv_cache_headroom)
+                          kv_cache_headroom=cfg.generator.kv_cache_headroom, kernels=cfg.generator.kernels,
+                          lm_head_fp32=cfg.lm_head_fp32)
     # The policy loss is ~0 by construction and the grad norm heavy-tailed: no one-step spike
     # detector; watch the trends that mean something in RL (bench/numerics/policy.py).
     policy = s.instability_policy(signals=("grad_norm", "reward", "entropy"), spikes=())
@@ -172,6 +175,8 @@ def train(s: Session) -> int:
             with s.phase("refit"):
                 p.generator.refit(model)
             batch = RolloutBatch.cat([rollout_shard(s, p, step, j) for j in local_shards(p.shards, s.dist)])
+            with s.phase("monitor"):  # attribution is measurement: its cost is the monitor's
+                attrib = attribution(s, p, step, batch)  # before the update moves the trainer's weights
             with s.phase("score"):
                 # The global batch on every rank: mismatch, IS (batch_normalize) and rollout numbers
                 # are statistics of the whole batch; then keep this rank's rows of the IS weights.
@@ -191,13 +196,26 @@ def train(s: Session) -> int:
                                 opt_step, p.shards, s.dist, tag_opt_step=lambda n: setattr(s, "opt_step", n))
             opt_step = up.opt_step
             with s.phase("monitor"):
-                metrics = {**up.metrics, **mm, **is_metrics, **rollout_metrics(glob),
+                metrics = {**up.metrics, **attrib, **mm, **is_metrics, **rollout_metrics(glob),
                            **kv_metrics(p.generator, batch, s)}
             # tokens: this rank's rows (its device's joules); tokens/s counts all ranks' rows, as before
             if not s.end_step(step, metrics, up.halt, run_eval, state, tokens=batch.tokens.numel(),
                               counted_tokens=glob.mask.shape[0] * batch.tokens.shape[1]):
                 break
     return s.finish()
+
+
+def attribution(s: Session, p: Parts, step: int, batch: RolloutBatch) -> dict:
+    """attribution.interval: trainer vs generator hidden states on the first shard's rollouts
+    (rank 0), with the weights both sides had when the rollouts were sampled and scored, i.e.
+    before the update. Its cost is inside train/step_time_s."""
+    a = s.cfg.attribution
+    if not a.interval or step % a.interval or not s.dist.is_main:
+        return {}
+    rows = batch.tokens.shape[0] // len(local_shards(p.shards, s.dist))
+    return attribute_step(s.run_dir, step, p.model, p.trainer.context, p.generator, batch.tokens,
+                          batch.scored.mask, batch.prompt_len, rows, s.cfg.generator.use_kv_cache,
+                          p.g.temperature, a.threshold)
 
 
 def rollout_metrics(glob: Scored) -> dict:

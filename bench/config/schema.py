@@ -25,6 +25,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from bench.generation.kernels import KernelConfig  # generator/kernels: the schema lives with the kernels
 from bench.model import ModelConfig as BuiltinModelConfig
 from bench.numerics.policy import PolicyConfig  # the policy group's schema lives with the policy
 from bench.precision.recipes import ScalingRecipe
@@ -205,6 +206,14 @@ class GeneratorConfig:
     kv_cache_dtype: str = "auto"  # auto (the generator's compute dtype) | fp8
     use_kv_cache: bool = True     # false: recompute the whole prefix per token (the cache-free reference)
     kv_cache_headroom: float = 1.0  # FP8 KV cache: scale set at prefill from amax x headroom (>= 1)
+    kernels: KernelConfig = field(default_factory=KernelConfig)  # generator/kernels=exact|inference (DESIGN §11)
+
+
+@dataclass
+class AttributionConfig:
+    """In-run attribution (DESIGN §11): trainer vs generator hidden states per site."""
+    interval: int = 0             # every N-th step logs attrib/<site>/* and appends attribution.jsonl (0 = off)
+    threshold: float = 1e-9       # first_divergent: the first site whose rel_diff exceeds this
 
 
 # --- model: the built-in decoder's dims plus the model kind (bench/models) ------------------
@@ -268,6 +277,8 @@ class GRPORecipe(RunConfig):
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    lm_head_fp32: bool = False             # both sides: LM head GEMM and logits in fp32 (DESIGN §11)
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
 
 
 RECIPE_SCHEMAS = {"pretrain": PretrainRecipe, "grpo": GRPORecipe}

@@ -19,6 +19,8 @@ registry runs here with no change to this package.
   a scaling recipe  the `inference` engine under bf16 autocast: W8A8, or W8A16 with
                 `weights_only=true` (bench/precision/inference.py); kept Linears
                 (`keep_high_precision`, default lm_head) stay bf16
+Kernels (`kernels`, DESIGN §11): `exact` runs the trainer's ops; each switch of
+bench/generation/kernels.py replaces one of them with what an inference engine runs.
 KV cache: `kv_cache_dtype` "auto" (the compute dtype) or "fp8" (bench/generation/kvcache.py),
 with `kv_cache_headroom` >= 1 dividing the FP8 scale (room for decoded values above the prefill's).
 
@@ -52,6 +54,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.errors import BadInput
+from bench.generation.kernels import install_kernels, kernel_config
 from bench.model import ModelConfig, token_logprobs
 from bench.models import empty_model, new_kv_cache
 from bench.precision.mixed import autocast_context, compute_dtype
@@ -110,7 +113,7 @@ class Generator:
     """An inference engine with its own Transformer, precision, KV cache and sampling RNG."""
 
     def __init__(self, model_cfg: ModelConfig, precision="bf16", device="cpu", kv_cache_dtype: str = "auto",
-                 kv_cache_headroom: float = 1.0, seed: int = 0):
+                 kv_cache_headroom: float = 1.0, seed: int = 0, kernels=None, lm_head_fp32: bool = False):
         if kv_cache_dtype not in ("auto", "fp8"):
             raise BadInput(f"generator.kv_cache_dtype={kv_cache_dtype!r}; valid: auto, fp8")
         if not kv_cache_headroom >= 1.0:
@@ -125,6 +128,10 @@ class Generator:
         apply_precision(self.model, self.plan, engine)
         self.name = self.plan.name
         self._quantized = {n: self.model.get_submodule(n) for n in self.plan.fp8_modules}
+        # Its kernels (bench/generation/kernels.py; None = exact, the trainer's own ops).
+        self.kernels = kernel_config(kernels)
+        self._quantized = install_kernels(self.model, self.kernels, compute_dtype(self.name), self._quantized,
+                                          bool(self.plan.fp8_modules), lm_head_fp32)
         self.rng = torch.Generator(device=self.device).manual_seed(seed)
         self.refits = 0
 

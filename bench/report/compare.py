@@ -32,6 +32,7 @@ from bench.errors import BadInput  # noqa: E402
 from bench.events import KINDS  # noqa: E402
 from bench.report import baseline as bl  # noqa: E402
 from bench.report import verdict  # noqa: E402
+from bench.report import attribution  # noqa: E402
 from bench.report.runs import Run, Variant, group, higher_is_better, load_runs, pick_baseline  # noqa: E402
 
 CURVES = ("train/loss", "rollout/reward_mean", "train/grad_norm")
@@ -274,6 +275,7 @@ def build(paths_or_runs, out, baseline_variant: str | None = None) -> tuple[Path
             drawn += 1
     if not drawn:
         lines += ["No plottable metrics were logged.", ""]
+    lines += attribution.section(variants, out)  # per variant, when its run dirs hold attribution data
     md_text = "\n".join(lines)
     atomic.write_text(out / "report.md", md_text)
     atomic.write_text(out / "report.html", _html(md_text, out))
