@@ -9,7 +9,6 @@ import torch
 
 from bench.lm_loss import masked_ce_sum
 from bench.tasks import Task
-from bench.tasks.tokenizer import EOS
 
 EVAL_SEED = 1234  # the same held-out problems for every run and seed, so runs compare
 
@@ -34,9 +33,9 @@ def greedy_answers(model, task: Task, prompts: torch.Tensor, ctx_fn, max_new: in
     for _ in range(max_new):
         with ctx_fn():
             nxt = model(seq)[:, -1].argmax(-1)
-        nxt = torch.where(done, torch.full_like(nxt, EOS), nxt)
+        nxt = torch.where(done, torch.full_like(nxt, task.eos_id), nxt)
         seq = torch.cat([seq, nxt[:, None]], 1)
-        done |= nxt == EOS
+        done |= nxt == task.eos_id
         if done.all():
             break
     return [task.completion_text(s[prompts.shape[1]:]) for s in seq]

@@ -19,7 +19,7 @@ class Case(NamedTuple):
 
 BAD_PRETRAIN = [
     # unknown names, every group
-    Case("unknown_model", "pretrain", ["model=huge"], ("model='huge'", "valid: 125m, 1b, tiny")),
+    Case("unknown_model", "pretrain", ["model=huge"], ("model='huge'", "valid: 125m, 1b, hf, qwen2_0p5b, tiny")),
     Case("unknown_task", "pretrain", ["task=sudoku"], ("task='sudoku'", "valid: addition")),
     Case("unknown_precision", "pretrain", ["precision=fp9"], ("precision='fp9'", "valid: bf16")),
     Case("unknown_precision_in_sweep", "pretrain", ["-m", "precision=bf16,fp9"], ("precision='fp9'", "valid:")),

@@ -41,7 +41,7 @@ def test_grpo_on_hf_model_bf16_generator_without_kv_cache_has_zero_mismatch(tmp_
     args = HF + ["model.arch=llama", "task=arith", "model.max_seq_len=128", "steps=2", "eval_every=2",
                  "checkpoint_every=2", "eval_problems=4", "warmup.steps=2", "warmup.cache_dir=" + str(tmp_path),
                  "grpo.prompts_per_step=2", "grpo.group_size=2", "grpo.max_new_tokens=4",
-                 "trainer_precision=bf16", "generator_precision=bf16", "generator.use_kv_cache=false",
+                 "trainer_precision=bf16", "generator_precision=bf16", "generator.use_kv_cache=false", "generator/kernels=exact",
                  f"run_dir={d}"]
     assert run_in_process("grpo", args) == 0
     for m in read_jsonl(d / "metrics.jsonl"):

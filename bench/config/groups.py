@@ -65,7 +65,7 @@ def check_optim(o) -> None:
 
 
 def check_logger(lg) -> None:
-    positive(lg, "logger.", "console_every")
+    positive(lg, "logger.", "console_every", "events_every")
     one_of(lg.wandb.mode, "logger.wandb.mode", WANDB_MODES)
 
 
@@ -153,7 +153,22 @@ def check_warmup(cfg, meta: nn.Module) -> None:
 
 
 def check_generator(cfg) -> None:
-    one_of(cfg.generator.kv_cache_dtype, "generator.kv_cache_dtype", KV_CACHE_DTYPES)
+    """The generator's cache, kernels (DESIGN §11) and the in-run attribution that compares them."""
+    from bench.generation.kernels import kernel_config
+
+    gen = cfg.generator
+    one_of(gen.kv_cache_dtype, "generator.kv_cache_dtype", KV_CACHE_DTYPES)
+    need(gen.kv_cache_headroom >= 1.0, f"generator.kv_cache_headroom={gen.kv_cache_headroom}; valid: a number >= 1 "
+                                       f"(the prefill's amax maps to 448 / headroom)")
+    kernel_config(gen.kernels).check()
+    a = cfg.attribution
+    need(a.interval >= 0, f"attribution.interval={a.interval}; valid: an integer >= 0 (0 = off)")
+    need(a.threshold >= 0, f"attribution.threshold={a.threshold}; valid: a number >= 0")
+    # The sites (DESIGN §11) are the built-in decoder's residual stream between its attention and
+    # MLP blocks, which a transformers decoder layer keeps inside its own forward.
+    need(not (a.interval > 0 and cfg.model.kind == "hf"),
+         f"attribution.interval={a.interval} with model=hf: per-site attribution needs the built-in model's "
+         f"sites; valid: attribution.interval=0 for model=hf")
 
 
 def check_model(model_cfg):

@@ -41,8 +41,10 @@ from bench.precision.recipes import get_recipe
 
 
 class InferenceLinear(nn.Module):
-    """y = x Wᵀ with W stored quantized (at `load_weight`) and x quantized per call (W8A8) or
-    left in the compute dtype (weights_only, W8A16). Bias-free, like bench.model.linear()."""
+    """y = x Wᵀ (+ b) with W stored quantized (at `load_weight`) and x quantized per call (W8A8)
+    or left in the compute dtype (weights_only, W8A16). A bias (Qwen2's q/k/v projections) stays
+    in high precision, as inference engines keep it, and is added to the GEMM's output; it is a
+    persistent buffer, so the generator's refit copies it like any other non-quantized state."""
 
     def __init__(self, in_features: int, out_features: int, recipe, name: str = "", weights_only: bool = False,
                  device=None):
@@ -56,9 +58,9 @@ class InferenceLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, recipe, name: str = "", weights_only: bool = False) -> "InferenceLinear":
-        if linear.bias is not None:
-            raise ValueError(f"{name}: InferenceLinear is bias-free like bench.model.linear()")
         mod = cls(linear.in_features, linear.out_features, recipe, name, weights_only, device=linear.weight.device)
+        if linear.bias is not None:
+            mod.register_buffer("bias", linear.bias.detach().clone().float())
         mod.load_weight(linear.weight)
         return mod
 
@@ -95,6 +97,8 @@ class InferenceLinear(nn.Module):
             x2 = x.reshape(-1, shape[-1])
             a = x2 if self.weights_only else quantize(x2, self.recipe, "input")
             y = scaled_gemm(a, self._w, out_dtype=out_dtype, b_hat=self._w_hat)
+            if getattr(self, "bias", None) is not None:
+                y = y + self.bias.to(out_dtype)
         return y.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
