@@ -58,10 +58,10 @@ def test_model_config_defaults_are_the_tiny_model_file():
     """ModelConfig is the model group's schema: its defaults and conf/model/tiny.yaml are one model."""
     from omegaconf import OmegaConf
 
-    import bench.config  # noqa: F401  (registers the schemas)
+    from bench.config import schema  # registers the schemas; schema.ModelConfig adds the model kind
     from helpers import compose_cfg
 
-    assert OmegaConf.to_object(compose_cfg("pretrain", ["model=tiny"]).model) == ModelConfig()
+    assert OmegaConf.to_object(compose_cfg("pretrain", ["model=tiny"]).model) == schema.ModelConfig()
 
 
 @pytest.mark.parametrize("field,value,needle", [("n_heads", 3, "not divisible by model.n_heads=3"),
