@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Measurements behind docs/findings_kernels.md (tiny model, reversal task, CPU, threads=1).
-# Usage: docs/findings_kernels/measure.sh OUT_DIR   (then summarize.py OUT_DIR > raw.json)
+# Measurements behind docs/findings.md (tiny model, reversal task, CPU, threads=1).
+# Usage: docs/findings/kernels/measure.sh OUT_DIR   (then summarize.py OUT_DIR > raw.json)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-runs/findings_kernels}
