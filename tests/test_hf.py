@@ -159,3 +159,27 @@ def test_model_hf_config_validates_and_builds_the_meta_model():
     checked = validate(compose_cfg("grpo", ["model=hf", "model.arch=qwen3", "task=arith", "model.max_seq_len=128",
                                             "generator_precision=fp8_blockwise"]), "grpo", dirs=False)
     assert checked.model.kind == "hf" and checked.task.name == "arith"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_attribution_sites_on_hf_name_the_block_where_fp8_is_planted(arch):
+    """The HF adapter exposes DESIGN §11's sites (the residual stream after attention is the input
+    of post_attention_layernorm): exact kernels, bf16 both sides, FP8 only in layer 1's MLP ->
+    every earlier site agrees bitwise and layer 1's MLP is the first divergent site."""
+    from bench.attribution import attribute, site_names
+
+    cfg = tiny(arch)
+    model = trained(cfg)
+    prec = {"name": "fp8_blockwise", "keep_high_precision": {
+        "patterns": ["lm_head", "layers.0.*", "layers.1.self_attn.*"], "first_n_layers": 0, "last_n_layers": 0}}
+    g = Generator(cfg, prec, "cpu")
+    g.refit(model)
+    prompts = torch.randint(3, 128, (4, 6), generator=torch.Generator().manual_seed(1))
+    ro = g.generate(prompts, 5, seed=3, use_kv_cache=False)
+    rec = attribute(model, lambda: autocast_context("bf16", "cpu"), g, ro.tokens, ro.response_mask, 6,
+                    use_kv_cache=False, temperature=1.0)
+    rows = {r["site"]: r["rel_diff"] for r in rec["sites"]}
+    assert [r["site"] for r in rec["sites"]] == site_names(2)
+    assert rec["first_divergent"] == "layers.1.mlp"
+    assert all(rows[n] == 0.0 for n in ("embed", "layers.0.attn", "layers.0.mlp", "layers.1.attn"))
+    assert rows["layers.1.mlp"] > 1e-9

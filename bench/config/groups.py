@@ -164,11 +164,6 @@ def check_generator(cfg) -> None:
     a = cfg.attribution
     need(a.interval >= 0, f"attribution.interval={a.interval}; valid: an integer >= 0 (0 = off)")
     need(a.threshold >= 0, f"attribution.threshold={a.threshold}; valid: a number >= 0")
-    # The sites (DESIGN §11) are the built-in decoder's residual stream between its attention and
-    # MLP blocks, which a transformers decoder layer keeps inside its own forward.
-    need(not (a.interval > 0 and cfg.model.kind == "hf"),
-         f"attribution.interval={a.interval} with model=hf: per-site attribution needs the built-in model's "
-         f"sites; valid: attribution.interval=0 for model=hf")
 
 
 def check_model(model_cfg):

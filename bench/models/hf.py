@@ -176,23 +176,52 @@ class HFCausalLM(nn.Module):
         for name, buf in fresh.named_buffers():
             setattr(self.rotary, name, buf.to(device))
 
-    def forward(self, idx: torch.Tensor, cache=None, pos: int = 0) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, cache=None, pos: int = 0, sites: dict | None = None) -> torch.Tensor:
         B, T = idx.shape
         if pos + T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {pos + T} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
         x = self.embed(idx)
+        if sites is not None:
+            sites["embed"] = x
         position_ids = torch.arange(pos, pos + T, device=idx.device)[None].expand(B, T)
         rope = self.rotary(x, position_ids)
         mask = None  # causal SDPA (or, for one decoded token, attention to every cached position)
         if cache is not None and pos > 0 and T > 1:
             mask = torch.ones(T, pos + T, dtype=torch.bool, device=idx.device).tril(pos)[None, None]
         view = None if cache is None else _CacheView(cache, pos)
-        for layer in self.layers:
-            x = layer(x, attention_mask=mask, position_ids=position_ids, cache=view, position_embeddings=rope)
+        for i, layer in enumerate(self.layers):
+            x = self._layer(i, layer, x, sites, attention_mask=mask, position_ids=position_ids, cache=view,
+                            position_embeddings=rope)
         if view is not None and view.calls != len(self.layers):
             # A transformers version whose layers take the cache under another keyword would
             # silently decode without it: refuse instead (tested with transformers 5.24).
             raise RuntimeError(f"transformers {_transformers().__version__}: decoder layers ignored the KV cache; "
                                f"valid: transformers >= 5.24 (layers take `cache=`)")
+        h = self.norm(x)
+        if getattr(self, "lm_head_fp32", False):  # DESIGN §11 lm_head_fp32, as the built-in model does it
+            with torch.autocast(idx.device.type, enabled=False):
+                logits = self.lm_head(h.float())
+        else:
+            logits = self.lm_head(h)
         # Logits in fp32, as the built-in model: log-softmax over the vocab is where rounding shows.
-        return self.lm_head(self.norm(x)).float()
+        logits = logits.float()
+        if sites is not None:
+            sites["norm"], sites["logits"] = h, logits
+        return logits
+
+    @staticmethod
+    def _layer(i: int, layer, x, sites: dict | None, **kw):
+        """One decoder layer; with `sites`, the attribution sites of DESIGN §11. A transformers
+        Llama/Qwen decoder layer adds the attention output to the residual stream and feeds that sum
+        to `post_attention_layernorm`: its input is `layers.<i>.attn`, the layer's output
+        `layers.<i>.mlp` (the same two points as the built-in Block)."""
+        if sites is None:
+            return layer(x, **kw)
+        hook = layer.post_attention_layernorm.register_forward_pre_hook(
+            lambda mod, args: sites.__setitem__(f"layers.{i}.attn", args[0]))
+        try:
+            out = layer(x, **kw)
+        finally:
+            hook.remove()
+        sites[f"layers.{i}.mlp"] = out
+        return out
