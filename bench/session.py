@@ -107,7 +107,11 @@ class Session:
                                                    self.resume_state["row_pending"])
             cut = rundir.cut_back(self.run_dir, sizes, time.strftime("%Y%m%dT%H%M%S"))
         if self.resume_state is not None:  # summary.json's time/energy totals cover the kept rows too
-            self.timer.add_rows(_rows(self.run_dir / "metrics.jsonl"))
+            rows = _rows(self.run_dir / "metrics.jsonl")
+            self.timer.add_rows(rows)
+            # The pending row kept above was logged after its checkpoint saved wall_s: continue the
+            # clock from the later of the two, so wall_s never goes backwards across a resume.
+            self.wall_before = max([self.wall_before] + [float(r.get("wall_s", 0.0)) for r in rows])
         rundir.atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
         self.log = RunLogger(self.run_dir, self.cfg.logger, self.resolved, total_steps, start_step,
                              resume=self.resume, wall_offset=self.wall_before)
