@@ -227,16 +227,20 @@ class Transformer(nn.Module):
         for i, block in enumerate(self.layers):
             x = block(x, cos, sin, None if cache is None else cache.layer(i), pos, sites, i)
         h = self.norm(x)
-        if self.lm_head_fp32:  # MiniMax-M1's fix: the LM head GEMM in fp32, no autocast rounding
-            with torch.autocast(idx.device.type, enabled=False):
-                logits = self.lm_head(h.float())
-        else:
-            logits = self.lm_head(h)
-        # Logits in fp32: log-softmax over the vocab is where bf16 rounding shows up as mismatch.
-        logits = logits.float()
+        logits = lm_head_logits(self.lm_head, h, self.lm_head_fp32)
         if sites is not None:
             sites["norm"], sites["logits"] = h, logits
         return logits
+
+
+def lm_head_logits(lm_head: nn.Module, h: torch.Tensor, fp32: bool) -> torch.Tensor:
+    """Logits as fp32. `fp32` (DESIGN §11 lm_head_fp32, MiniMax-M1's fix): the LM head GEMM itself
+    in fp32, outside autocast; else in the autocast dtype and cast up after. Either way the
+    log-softmax over the vocab, where bf16 rounding shows up as mismatch, runs in fp32."""
+    if fp32:
+        with torch.autocast(h.device.type, enabled=False):
+            return lm_head(h.float()).float()
+    return lm_head(h).float()
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from bench.errors import BadInput
+from bench.model import lm_head_logits
 
 ARCHS = ("llama", "qwen2", "qwen3")
 
@@ -198,13 +199,7 @@ class HFCausalLM(nn.Module):
             raise RuntimeError(f"transformers {_transformers().__version__}: decoder layers ignored the KV cache; "
                                f"valid: transformers >= 5.24 (layers take `cache=`)")
         h = self.norm(x)
-        if getattr(self, "lm_head_fp32", False):  # DESIGN §11 lm_head_fp32, as the built-in model does it
-            with torch.autocast(idx.device.type, enabled=False):
-                logits = self.lm_head(h.float())
-        else:
-            logits = self.lm_head(h)
-        # Logits in fp32, as the built-in model: log-softmax over the vocab is where rounding shows.
-        logits = logits.float()
+        logits = lm_head_logits(self.lm_head, h, getattr(self, "lm_head_fp32", False))  # as the built-in model
         if sites is not None:
             sites["norm"], sites["logits"] = h, logits
         return logits
