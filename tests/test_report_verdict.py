@@ -101,3 +101,15 @@ def test_baseline_record_needs_summary_json(tmp_path, capsys):
     assert "status 'diverged'" in one_line_error(capsys, "baseline", "record", tmp_path / "d", "-o", tmp_path / "b.json")
     write_run(tmp_path / "ok", precision="bf16")
     assert "is a directory" in one_line_error(capsys, "baseline", "record", tmp_path / "ok", "-o", tmp_path)
+
+
+def test_no_recovery_share_is_claimed_for_a_drop_inside_the_noise(tmp_path):
+    """A ratio of two noise-sized deltas ("IS recovers -350%") means nothing: the share is only
+    given when the uncorrected variant's interval lies below zero."""
+    root = tmp_path / "m"
+    write_matrix(root, [dict(recipe="grpo"), dict(recipe="grpo", generator="fp8_blockwise", acc_drop=0.002),
+                        dict(recipe="grpo", generator="fp8_blockwise", is_mode="tis", acc_drop=0.01)],
+                 noise=0.05)
+    out = tmp_path / "out"
+    assert cli("compare", root, "-o", out) == 0
+    assert "IS recovers" not in (out / "report.md").read_text()

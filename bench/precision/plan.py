@@ -160,4 +160,4 @@ def print_precision_state(plans: dict[str, PrecisionPlan], model: nn.Module, dev
     n = sum(p.numel() for p in model.parameters())
     Console(width=160).print(table)
     print(f"master weights and optimizer state: fp32 ({n / 1e6:.2f}M parameters); logits and "
-          f"log-softmax: fp32; norms and RoPE: fp32", flush=True)
+          f"log-softmax: fp32; trainer norms and RoPE: fp32 (the generator's: generator.kernels)", flush=True)

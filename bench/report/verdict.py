@@ -15,7 +15,8 @@ Per candidate variant, against the baseline variant (the all-bf16 one unless tol
              measured them), relative to the baseline's, and Δ accuracy: "rollout −x%, step −y%,
              energy/token −z%, accuracy +0.010". Only what both sides measured is shown.
 When a variant uses IS correction and the same precisions without it are in the report with an
-accuracy drop, the verdict adds how much of that drop the correction recovers.
+accuracy drop that its interval shows (Δ + half-width < 0), the verdict adds how much of that drop
+the correction recovers.
 """
 from __future__ import annotations
 
@@ -112,7 +113,9 @@ def summarize(variants: dict[str, Variant], base: str, alpha: float = ALPHA) -> 
         ev = Counter(str(e.get("kind")) for r in variants[name].runs for e in r.events)
         plain = name.split(" is=")[0] if " is=" in name else None
         recovered = None
-        if plain in acc_of and acc_of[plain][0] < 0 and not math.isnan(acc_of[name][0]):
+        # Only a drop the data show (its interval below zero) has a share to recover: the ratio of
+        # two noise-sized deltas ("IS recovers -350%") says nothing.
+        if plain in acc_of and acc_of[plain][0] + acc_of[plain][1] < 0 and not math.isnan(acc_of[name][0]):
             recovered = 1 - acc_of[name][0] / acc_of[plain][0]
         words = note or _words([v for v in verdicts if v.variant == name], acc_of[name], recovered)
         delta = costs.cost_delta(spent[base], spent[name])
