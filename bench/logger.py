@@ -116,8 +116,7 @@ class RepeatedEvents:
 
 class WandbSink:
     def __init__(self, cfg, run_dir: Path, resolved_config: dict, resume: bool):
-        """cfg: the `logger.wandb` config. project/entity/group keep their .get defaults until the
-        typed logger schema exists: conf/logger/disabled.yaml does not define them."""
+        """cfg: the `logger.wandb` config (WandbConfig in bench/config/schema.py: every key present)."""
         mode = cfg.mode
         if mode == "auto":
             mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
@@ -131,9 +130,9 @@ class WandbSink:
             precision = rc.get("precision", {}).get("name") or (
                 f"{rc.get('trainer_precision', {}).get('name')}/{rc.get('generator_precision', {}).get('name')}")
             self.run = wandb.init(
-                project=cfg.get("project", "fp8bench"), entity=cfg.get("entity"), mode=mode,
+                project=cfg.project, entity=cfg.entity, mode=mode,
                 dir=str(run_dir), name=rc.get("run_name"), config=rc,
-                group=cfg.get("group") or rc.get("sweep") or rc.get("recipe"),
+                group=cfg.group or rc.get("sweep") or rc.get("recipe"),
                 job_type=rc.get("recipe"),
                 tags=[t for t in (rc.get("recipe"), precision, rc.get("task", {}).get("name"), rc.get("sweep")) if t],
                 id=rc.get("wandb_id") or self._previous_id(run_dir, resume), resume="allow" if resume else None,
