@@ -76,10 +76,10 @@ class Trainer:
             lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps)
         self.schedule_total = total_steps  # the cosine's T; a resume restores the run's original one
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(optim, total_steps))
-        ls = dict(loss_scale_cfg or {})
-        self.scaler = torch.amp.GradScaler(device.type, enabled=plan.name == "fp16",
-                                           init_scale=float(ls.get("init_scale", 2.0 ** 16)),
-                                           growth_interval=int(ls.get("growth_interval", 2000)))
+        # fp16's loss_scale group (LossScale in bench/config/schema.py holds the defaults); a caller
+        # without a config (benchmarks) gets torch's own GradScaler defaults.
+        ls = {k: loss_scale_cfg[k] for k in ("init_scale", "growth_interval")} if loss_scale_cfg else {}
+        self.scaler = torch.amp.GradScaler(device.type, enabled=plan.name == "fp16", **ls)
 
     def context(self):
         """Forward context: autocast of the precision, plus the engine's (TE fp8_autocast)."""
