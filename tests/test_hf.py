@@ -183,3 +183,35 @@ def test_attribution_sites_on_hf_name_the_block_where_fp8_is_planted(arch):
     assert rec["first_divergent"] == "layers.1.mlp"
     assert all(rows[n] == 0.0 for n in ("embed", "layers.0.attn", "layers.0.mlp", "layers.1.attn"))
     assert rows["layers.1.mlp"] > 1e-9
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("switch", ["norm_in_compute_dtype", "rope_in_compute_dtype", "split_kv"])
+def test_norm_rope_and_split_kv_kernel_switches_move_the_hf_bf16_mismatch_above_one(arch, switch):
+    """Each switch alone, on an HF model, no KV cache: the bf16 generator is no longer the bf16
+    trainer bitwise (the exact zero point is the test above)."""
+    cfg = tiny(arch)
+    model = trained(cfg)
+    g = Generator(cfg, "bf16", kernels={switch: True})
+    g.refit(model)
+    prompts = torch.randint(3, 128, (8, 6), generator=torch.Generator().manual_seed(2))
+    ro = g.generate(prompts, 10, seed=5, use_kv_cache=False)
+    with torch.no_grad(), autocast_context("bf16", "cpu"):
+        lp_t = token_logprobs(model(ro.tokens[:, :-1])[:, 5:], ro.tokens[:, 6:])
+    tmpe = mismatch_metrics(ro.logprobs_untruncated, lp_t, ro.response_mask)["mismatch/token_mult_prob_error"]
+    assert tmpe > 1.0
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_split_kv_attention_on_hf_is_the_softmax_in_fp32(arch):
+    """In fp32 the flash-decoding emulation is exact softmax algebra: with the KV cache (prefill,
+    then one-token decode steps) its log-probs match the sdpa generator's within 1e-5."""
+    cfg = tiny(arch)
+    model = trained(cfg)
+    prompts = torch.randint(3, 128, (4, 7), generator=torch.Generator().manual_seed(1))
+    lps = []
+    for kernels in (None, {"split_kv": True, "kv_chunk": 3}):
+        g = Generator(cfg, "fp32", kernels=kernels)
+        g.refit(model)
+        lps.append(g.generate(prompts, 12, seed=3, use_kv_cache=True).logprobs_untruncated)
+    assert torch.allclose(lps[0], lps[1], atol=1e-5, rtol=0)

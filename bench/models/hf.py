@@ -129,6 +129,49 @@ def refuse_non_linear(model: nn.Module) -> None:
                            f"nn.Linear (fused experts?); valid: dense causal LMs whose projections are nn.Linear")
 
 
+SPLIT_KV = "fp8bench_split_kv"  # the transformers attention implementation name of split_kv
+
+
+def _split_kv_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """generator kernel split_kv on an HF model: the built-in flash-decoding emulation
+    (bench.model.split_kv_attention, chunks of `module.kv_chunk` keys), registered with
+    transformers' AttentionInterface. Causal by position: queries sit at the last T of the L key
+    positions (prefill: T = L; decode with the KV cache: T = 1)."""
+    from bench.model import split_kv_attention
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1:
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    d = query.shape[-1]
+    if scaling is not None and abs(scaling - d ** -0.5) > 1e-12:
+        raise ValueError(f"split_kv assumes the 1/sqrt(head_dim) softmax scale; this model uses {scaling}")
+    T, L = query.shape[2], key.shape[2]
+    out = split_kv_attention(query, key.to(query.dtype), value.to(query.dtype), L - T, module.kv_chunk)
+    return out.transpose(1, 2).contiguous(), None
+
+
+_KERNEL_NORMS: dict[type, type] = {}
+
+
+def _kernel_norm_class(cls: type) -> type:
+    """`cls` (a transformers RMSNorm: fp32 reduction, `variance_epsilon`) with the generator kernel
+    switch norm_in_compute_dtype (bench/generation/kernels.py): `reduce_dtype` None runs the
+    transformers forward unchanged; a dtype runs the whole norm in it, as fused inference RMSNorm
+    kernels do. A subclass swapped onto the instance keeps its Parameter and state_dict key."""
+    if cls not in _KERNEL_NORMS:
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.reduce_dtype is None:
+                return cls.forward(self, x)
+            with torch.autocast(x.device.type, enabled=False):
+                xc = x.to(self.reduce_dtype)
+                xc = xc * torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+                return self.weight.to(self.reduce_dtype) * xc
+
+        _KERNEL_NORMS[cls] = type(cls.__name__, (cls,), {"forward": forward, "__module__": __name__})
+    return _KERNEL_NORMS[cls]
+
+
 class HFCausalLM(nn.Module):
     """A transformers causal LM with the built-in Transformer's interface (see the module docstring)."""
 
@@ -140,6 +183,15 @@ class HFCausalLM(nn.Module):
         self.embed, self.layers, self.norm = inner.embed_tokens, inner.layers, inner.norm
         self.rotary, self.lm_head = inner.rotary_emb, hf_model.lm_head
         refuse_non_linear(self)
+        # Generator kernel switches (DESIGN §11) that install_kernels sets by attribute: every
+        # RMSNorm (incl. Qwen3's q/k norms) gets `reduce_dtype`, the adapter `rope_dtype` (the
+        # cos/sin tables the decoder layers rotate q and k with). split_kv is not applied here.
+        for mod in hf_model.modules():
+            if type(mod).__name__.endswith("RMSNorm") and hasattr(mod, "variance_epsilon"):
+                mod.__class__ = _kernel_norm_class(type(mod))
+                mod.reduce_dtype = None
+        self.rope_dtype: torch.dtype | None = None
+        self.kv_chunk = 0  # > 0 (split_kv): attention through _split_kv_forward, chunks of this many keys
 
     @classmethod
     def build(cls, cfg, load_weights: bool = True) -> "HFCausalLM":
@@ -186,10 +238,13 @@ class HFCausalLM(nn.Module):
             sites["embed"] = x
         position_ids = torch.arange(pos, pos + T, device=idx.device)[None].expand(B, T)
         rope = self.rotary(x, position_ids)
+        if self.rope_dtype is not None:  # rope_in_compute_dtype: rotate q and k with bf16/fp16 tables
+            rope = tuple(t.to(self.rope_dtype) for t in rope)
         mask = None  # causal SDPA (or, for one decoded token, attention to every cached position)
         if cache is not None and pos > 0 and T > 1:
             mask = torch.ones(T, pos + T, dtype=torch.bool, device=idx.device).tril(pos)[None, None]
         view = None if cache is None else _CacheView(cache, pos)
+        self._select_attention()
         for i, layer in enumerate(self.layers):
             x = self._layer(i, layer, x, sites, attention_mask=mask, position_ids=position_ids, cache=view,
                             position_embeddings=rope)
@@ -203,6 +258,16 @@ class HFCausalLM(nn.Module):
         if sites is not None:
             sites["norm"], sites["logits"] = h, logits
         return logits
+
+    def _select_attention(self) -> None:
+        """sdpa, or the split_kv emulation when install_kernels set `kv_chunk` (generator only)."""
+        want = SPLIT_KV if self.kv_chunk else "sdpa"
+        if self.hf.config._attn_implementation != want:
+            if want == SPLIT_KV:
+                _transformers().AttentionInterface.register(SPLIT_KV, _split_kv_forward)
+            self.hf.config._attn_implementation = want
+        for layer in self.layers:
+            layer.self_attn.kv_chunk = self.kv_chunk
 
     @staticmethod
     def _layer(i: int, layer, x, sites: dict | None, **kw):
