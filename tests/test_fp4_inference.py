@@ -52,3 +52,19 @@ def test_swap_keeps_the_chosen_linears_and_refuses_bad_shapes_first():
     with pytest.raises(BadInput, match=r"lm_head \[24x64\] cannot run nvfp4"):
         swap_linears_to_fp4(model, "nvfp4", keep=lambda n: False)
     assert isinstance(model["fc"], nn.Linear)   # nothing swapped
+
+
+def test_a_biased_linear_keeps_its_bias_in_the_fp4_generator():
+    """Qwen2's q/k/v projections carry biases: the generator keeps them in high precision and
+    adds them to the quantized GEMM's output (a refit copies the buffer)."""
+    import torch.nn as nn
+
+    torch.manual_seed(0)
+    lin = nn.Linear(32, 16, bias=True)
+    plain = nn.Linear(32, 16, bias=False)
+    plain.weight.data.copy_(lin.weight.data)
+    x = torch.randn(4, 32)
+    with_bias = FP4InferenceLinear.from_linear(lin, "nvfp4")(x)
+    without = FP4InferenceLinear.from_linear(plain, "nvfp4")(x)
+    assert torch.equal(with_bias, without + lin.bias.detach().float())
+    assert "bias" in FP4InferenceLinear.from_linear(lin, "nvfp4").state_dict()

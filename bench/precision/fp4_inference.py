@@ -28,10 +28,11 @@ import torch.nn as nn
 from bench.errors import BadInput
 from bench.precision.fp4 import FP4Recipe, fake_quantize_fp4, get_fp4_recipe
 from bench.precision.fp4_linear import unsupported_fp4_linear
+from bench.precision.inference import inference_forward, keep_bias
 
 
 class FP4InferenceLinear(nn.Module):
-    """y = x̂ · x̂_Wᵀ with x̂_W quantized at `load_weight` and x̂ per call (unless weights_only)."""
+    """y = x̂ · x̂_Wᵀ (+ b) with x̂_W quantized at `load_weight` and x̂ per call (unless weights_only)."""
 
     def __init__(self, in_features: int, out_features: int, recipe="nvfp4", name: str = "",
                  weights_only: bool = False, device=None):
@@ -44,9 +45,8 @@ class FP4InferenceLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, recipe, name: str = "", weights_only: bool = False) -> "FP4InferenceLinear":
-        if linear.bias is not None:
-            raise ValueError(f"{name}: FP4InferenceLinear is bias-free like bench.model.linear()")
         mod = cls(linear.in_features, linear.out_features, recipe, name, weights_only, device=linear.weight.device)
+        keep_bias(mod, linear)
         mod.load_weight(linear.weight)
         return mod
 
@@ -59,16 +59,12 @@ class FP4InferenceLinear(nn.Module):
         self.weight_loads += 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dev = x.device.type
-        out_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
-        x = x.to(out_dtype)
-        shape = x.shape
-        with torch.autocast(dev, enabled=False):
-            x2 = x.reshape(-1, shape[-1]).float()
+        def gemm(x2: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+            x2 = x2.float()
             if not self.weights_only:
                 x2 = fake_quantize_fp4(x2, self.recipe, "input")
-            y = (x2 @ self.w_dequant.t()).to(out_dtype)
-        return y.reshape(*shape[:-1], self.out_features)
+            return (x2 @ self.w_dequant.t()).to(out_dtype)
+        return inference_forward(self, x, gemm)
 
     def extra_repr(self) -> str:
         mode = "W4A16" if self.weights_only else "W4A4"

@@ -59,8 +59,7 @@ class InferenceLinear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, recipe, name: str = "", weights_only: bool = False) -> "InferenceLinear":
         mod = cls(linear.in_features, linear.out_features, recipe, name, weights_only, device=linear.weight.device)
-        if linear.bias is not None:
-            mod.register_buffer("bias", linear.bias.detach().clone().float())
+        keep_bias(mod, linear)
         mod.load_weight(linear.weight)
         return mod
 
@@ -88,20 +87,35 @@ class InferenceLinear(nn.Module):
         self.weight_loads += 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dev = x.device.type
-        out_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
-        # Activations live in the autocast dtype (bf16): quantize (or keep) them from there.
-        x = x.to(out_dtype)
-        shape = x.shape
-        with torch.autocast(dev, enabled=False):
-            x2 = x.reshape(-1, shape[-1])
+        def gemm(x2: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
             a = x2 if self.weights_only else quantize(x2, self.recipe, "input")
-            y = scaled_gemm(a, self._w, out_dtype=out_dtype, b_hat=self._w_hat)
-            if getattr(self, "bias", None) is not None:
-                y = y + self.bias.to(out_dtype)
-        return y.reshape(*shape[:-1], self.out_features)
+            return scaled_gemm(a, self._w, out_dtype=out_dtype, b_hat=self._w_hat)
+        return inference_forward(self, x, gemm)
 
     def extra_repr(self) -> str:
         r = self.recipe
         kind = "W8A16" if self.weights_only else "W8A8"
         return f"{self.in_features}, {self.out_features}, recipe={r.name} ({kind} {r.scaling})"
+
+
+def keep_bias(mod: nn.Module, linear: nn.Linear) -> None:
+    """A generator linear keeps `linear`'s bias (Qwen2's q/k/v) in fp32 as a persistent buffer, so
+    the refit copies it like any other non-quantized state; inference engines keep biases in
+    high precision."""
+    if linear.bias is not None:
+        mod.register_buffer("bias", linear.bias.detach().clone().float())
+
+
+def inference_forward(mod: nn.Module, x: torch.Tensor, gemm) -> torch.Tensor:
+    """The frame of every generator linear (FP8 and FP4): activations in the autocast dtype (bf16:
+    what the trainer's engine quantizes from too), `gemm(x2d, out_dtype)` outside autocast, then
+    the bias added in the output dtype."""
+    dev = x.device.type
+    out_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+    x = x.to(out_dtype)
+    shape = x.shape
+    with torch.autocast(dev, enabled=False):
+        y = gemm(x.reshape(-1, shape[-1]), out_dtype)
+        if getattr(mod, "bias", None) is not None:
+            y = y + mod.bias.to(out_dtype)
+    return y.reshape(*shape[:-1], mod.out_features)
