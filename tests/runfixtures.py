@@ -92,3 +92,13 @@ def write_run(root, *, recipe: str = "pretrain", precision: str = "bf16", traine
 def write_matrix(root, variants: list[dict], seeds=(0, 1, 2), **common) -> list[Path]:
     """One run per variant (a dict of write_run kwargs) per seed."""
     return [write_run(root, seed=s, **{**common, **v}) for v in variants for s in seeds]
+
+
+def cli(*args) -> int:
+    """`fp8bench ARGS...` in this process; its exit code (argparse errors exit through SystemExit)."""
+    from bench.cli import main
+
+    try:
+        return main([str(a) for a in args])
+    except SystemExit as e:
+        return e.code

@@ -8,17 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.cli import main
-from runfixtures import write_matrix, write_run
+from runfixtures import cli, write_matrix, write_run
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cli(*args) -> int:
-    try:
-        return main([str(a) for a in args])
-    except SystemExit as e:
-        return e.code
 
 
 def one_line_error(capsys, *args) -> str:

@@ -8,7 +8,7 @@ import torch.nn as nn
 import fp4_reference as ref
 from bench.errors import BadInput
 from bench.precision.inference import InferenceLinear as FP8InferenceLinear
-from bench.precision.fp4_inference import FP4InferenceLinear, swap_linears_to_fp4
+from bench.precision.fp4_inference import FP4InferenceLinear
 
 
 def batch(seed=0):
@@ -42,16 +42,6 @@ def test_generator_w4a4_mismatch_is_larger_than_w4a16_and_than_the_fp8_generator
         err[name] = float((torch.log_softmax(mod(h), -1) - lp).abs().mean())
     assert err["w4a4"] > err["w4a16"] > err["fp8"] > 0, err
     assert err["w4a4"] > 4 * err["fp8"], err
-
-
-def test_swap_keeps_the_chosen_linears_and_refuses_bad_shapes_first():
-    model = nn.ModuleDict({"fc": nn.Linear(32, 64, bias=False), "lm_head": nn.Linear(64, 24, bias=False)})
-    fp4, kept = swap_linears_to_fp4(model, "nvfp4", keep=lambda n: n == "lm_head")
-    assert (fp4, kept) == (["fc"], ["lm_head"]) and isinstance(model["fc"], FP4InferenceLinear)
-    model = nn.ModuleDict({"fc": nn.Linear(32, 64, bias=False), "lm_head": nn.Linear(64, 24, bias=False)})
-    with pytest.raises(BadInput, match=r"lm_head \[24x64\] cannot run nvfp4"):
-        swap_linears_to_fp4(model, "nvfp4", keep=lambda n: False)
-    assert isinstance(model["fc"], nn.Linear)   # nothing swapped
 
 
 def test_a_biased_linear_keeps_its_bias_in_the_fp4_generator():

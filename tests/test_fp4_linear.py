@@ -10,7 +10,8 @@ import fp4_reference as ref
 from bench.errors import BadInput
 from bench.precision import fake_quantize
 from bench.precision.fp4 import fake_quantize_fp4
-from bench.precision.fp4_linear import ReferenceFP4Linear, convert_to_fp4, resolve_fp4_engine, unsupported_fp4_linear
+from bench.precision.fp4_linear import ReferenceFP4Linear, convert_to_fp4
+from bench.precision.recipes import unsupported_linear
 from bench.precision.fp4_stats import FP4_KEYS
 
 M, K, N = 40, 64, 48   # M is not a multiple of 16: the wgrad operands are zero-padded to 48 tokens
@@ -172,8 +173,8 @@ def test_observer_gets_fp4_stats_for_input_weight_and_grad_output():
 
 def test_swap_shares_parameters_and_shapes_are_checked_first():
     model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 24))
-    assert unsupported_fp4_linear(model, "nvfp4", ["0"]) is None
-    why = unsupported_fp4_linear(model, "nvfp4", ["0", "2"])
+    assert unsupported_linear(model, "nvfp4", ["0"]) is None  # the planner's one shape check
+    why = unsupported_linear(model, "nvfp4", ["0", "2"])
     assert why.startswith("2 [24x64] cannot run nvfp4:") and "out_features=24" in why and "\n" not in why
     w = model[0].weight
     convert_to_fp4(model, "nvfp4", ["0"], sr_seed=1)
@@ -181,12 +182,6 @@ def test_swap_shares_parameters_and_shapes_are_checked_first():
     assert model[0].to_linear().weight is w
     with pytest.raises(BadInput, match=r"l \[24x64\] cannot run mxfp4: .*divisible by its block 32"):
         ReferenceFP4Linear(64, 24, "mxfp4", "l")
-
-
-def test_only_the_reference_engine_runs_fp4_here():
-    assert resolve_fp4_engine("auto", "nvfp4") == resolve_fp4_engine("reference", "mxfp4") == "reference"
-    with pytest.raises(BadInput, match="engine='te' cannot run nvfp4 here: .*valid: auto, reference"):
-        resolve_fp4_engine("te", "nvfp4")
 
 
 def test_w4a4_forward_mismatch_is_larger_than_the_fp8_forward():

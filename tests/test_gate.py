@@ -7,20 +7,12 @@ import xml.etree.ElementTree as ET
 import pytest
 import yaml
 
-from bench.cli import main
 from bench.report import baseline as bl
 from bench.report import gate as gt
 from bench.report import runs as rr
-from runfixtures import write_matrix, write_run
+from runfixtures import cli, write_matrix, write_run
 
 ACC = "eval/addition/accuracy"
-
-
-def cli(*args) -> int:
-    try:
-        return main([str(a) for a in args])
-    except SystemExit as e:
-        return e.code
 
 
 def rules_file(tmp_path, rules, name="rules.yaml"):

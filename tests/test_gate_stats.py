@@ -15,21 +15,14 @@ import pytest
 import yaml
 from scipy import stats as sps
 
-from bench.cli import main
 from bench.errors import BadInput
 from bench.report import gate as gt
 from bench.report import gate_output as go
 from bench.report import runs as rr
+from runfixtures import cli
 
 ACC = "eval/addition/accuracy"
 RULES = {"rules": [{"metric": ACC, "stat": "final", "bound": "max_drop", "value": 0.05}]}
-
-
-def cli(*args) -> int:
-    try:
-        return main([str(a) for a in args])
-    except SystemExit as e:
-        return e.code
 
 
 def write_exact(root, precision: str, accs, steps: int = 60, knobs: dict | None = None, **cfg_extra):

@@ -8,19 +8,11 @@ import re
 import numpy as np
 import pytest
 
-from bench.cli import main
 from bench.errors import BadInput
 from bench.report import runs as rr
-from runfixtures import write_matrix, write_run
+from runfixtures import cli, write_matrix, write_run
 
 IMG = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
-
-
-def cli(*args) -> int:
-    try:
-        return main([str(a) for a in args])
-    except SystemExit as e:
-        return e.code
 
 
 def md_table(md: str, heading: str) -> list[dict]:

@@ -8,16 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from bench.cli import main
 from bench.report import runs as rr
-from runfixtures import write_matrix, write_run
-
-
-def cli(*args) -> int:
-    try:
-        return main([str(a) for a in args])
-    except SystemExit as e:
-        return e.code
+from runfixtures import cli, write_matrix, write_run
 
 
 def one_line_error(capsys, *args) -> str:

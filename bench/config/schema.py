@@ -28,6 +28,7 @@ from omegaconf import MISSING
 from bench.generation.kernels import KernelConfig  # generator/kernels: the schema lives with the kernels
 from bench.model import ModelConfig as BuiltinModelConfig
 from bench.numerics.policy import PolicyConfig  # the policy group's schema lives with the policy
+from bench.precision.plan import PLAN_DEFAULTS as _PLAN  # planning keys' defaults (one place)
 from bench.precision.recipes import ScalingRecipe
 from bench.rl.grpo import GRPOConfig
 from bench.tasks import TASKS
@@ -49,10 +50,11 @@ class LossScale:
 
 @dataclass
 class KeepHighPrecision:
-    """Staged rollout: these Linears stay in bf16 (fnmatch patterns on dotted names, and layers)."""
-    patterns: list[str] = field(default_factory=lambda: ["lm_head"])
-    first_n_layers: int = 0
-    last_n_layers: int = 0
+    """Staged rollout: these Linears stay in bf16 (fnmatch patterns on dotted names, and layers).
+    Defaults: the planner's PLAN_DEFAULTS (bench/precision/plan.py), read, not copied."""
+    patterns: list[str] = field(default_factory=lambda: list(_PLAN["keep_high_precision"]["patterns"]))
+    first_n_layers: int = _PLAN["keep_high_precision"]["first_n_layers"]
+    last_n_layers: int = _PLAN["keep_high_precision"]["last_n_layers"]
 
 
 @dataclass
@@ -77,12 +79,12 @@ class FP8Precision:
     absent (a typo, not a no-op)."""
     name: str = MISSING
     scaling: str = MISSING
-    engine: str = "auto"          # auto (te > torchao > reference) | reference | torchao | te
+    engine: str = _PLAN["engine"]  # auto (te > torchao > reference) | reference | torchao | te
     fwd_format: str = _KNOB["fwd_format"]    # input and weight casts
     grad_format: str = _KNOB["grad_format"]  # grad_output casts
     pow2_scales: bool = _KNOB["pow2_scales"]  # round scales down to powers of two
     fast_accum: bool = _KNOB["fast_accum"]   # fp32-accumulation shortcut in the forward GEMM (GPU only)
-    weights_only: bool = False    # generator side only: W8A16 (activations stay in the compute dtype)
+    weights_only: bool = _PLAN["weights_only"]  # generator side only: W8A16 (activations in the compute dtype)
     keep_high_precision: KeepHighPrecision = field(default_factory=KeepHighPrecision)
 
 
@@ -122,8 +124,8 @@ def _fp4_knob(recipe: str, knob: str):
 class FP4Precision:
     """An FP4 recipe (DESIGN.md §5 nvfp4/mxfp4): planning keys as FP8Precision's, and the switches."""
     name: str = MISSING
-    engine: str = "auto"          # auto (reference trainer / inference generator) | reference | inference
-    weights_only: bool = False    # generator side only: W4A16 (activations stay in the compute dtype)
+    engine: str = _PLAN["engine"]  # auto (reference trainer / inference generator) | reference | inference
+    weights_only: bool = _PLAN["weights_only"]  # generator side only: W4A16 (activations in the compute dtype)
     keep_high_precision: KeepHighPrecision = field(default_factory=KeepHighPrecision)
 
 

@@ -16,18 +16,14 @@ NeMo-RL), the FP4 counterpart of bench/generation/fp8_inference.py.
                W4A16: not quantized.
   no backward  round to nearest even everywhere: no stochastic rounding, no Hadamard transform.
 The GEMM multiplies dequantized fp32 operands (emulation: the dequantized weight is kept from
-refit); real FP4 GEMMs need Blackwell and are not wired in (fp4_linear.resolve_fp4_engine).
+refit); real FP4 GEMMs need Blackwell and are not wired in (engines.register_converters refuses them).
 """
 from __future__ import annotations
-
-from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from bench.errors import BadInput
 from bench.precision.fp4 import FP4Recipe, fake_quantize_fp4, get_fp4_recipe
-from bench.precision.fp4_linear import unsupported_fp4_linear
 from bench.precision.inference import inference_forward, keep_bias
 
 
@@ -69,20 +65,3 @@ class FP4InferenceLinear(nn.Module):
     def extra_repr(self) -> str:
         mode = "W4A16" if self.weights_only else "W4A4"
         return f"{self.in_features}, {self.out_features}, recipe={self.recipe.name} ({mode}, weight_2d={self.recipe.weight_2d})"
-
-
-def swap_linears_to_fp4(model: nn.Module, recipe, keep: Callable[[str], bool], weights_only: bool = False
-                        ) -> tuple[list[str], list[str]]:
-    """Replace every nn.Linear of a generator's model by FP4InferenceLinear except those `keep`
-    selects (e.g. fp8_inference.keep_predicate(...)). Returns (fp4 names, kept names). Raises
-    BadInput naming a Linear whose shape the recipe cannot run, before swapping anything."""
-    r = get_fp4_recipe(recipe)
-    fp4, kept = [], []
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.Linear):
-            (kept if keep(name) else fp4).append(name)
-    if (why := unsupported_fp4_linear(model, r, fp4)):
-        raise BadInput(f"{why}; keep it in high precision or resize the model")
-    for name in fp4:
-        model.set_submodule(name, FP4InferenceLinear.from_linear(model.get_submodule(name), r, name, weights_only))
-    return fp4, kept

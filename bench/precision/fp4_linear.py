@@ -39,19 +39,6 @@ from bench.precision.fp4 import FP4Quantized, FP4Recipe, get_fp4_recipe, quantiz
 from bench.precision.fp4_stats import fp4_quant_stats
 from bench.precision.hadamard import rht
 
-FP4_ENGINES = ("auto", "reference")
-
-
-def resolve_fp4_engine(requested: str, recipe) -> str:
-    """The engine that runs an FP4 recipe here: `auto` and `reference` give the reference linear.
-    Real FP4 GEMMs (TE NVFP4, torchao MX) need Blackwell GPUs (sm100+) and are not wired into this
-    harness, so asking for them is bad input, one line, before compute."""
-    r = get_fp4_recipe(recipe)
-    if requested in FP4_ENGINES:
-        return "reference"
-    raise BadInput(f"precision.engine={requested!r} cannot run {r.name} here: FP4 GEMM engines (te, torchao) need a "
-                   f"Blackwell GPU and are not wired in; valid: {', '.join(FP4_ENGINES)}")
-
 
 
 def _pad_cols(t: torch.Tensor, mult: int) -> torch.Tensor:
@@ -181,14 +168,3 @@ def convert_to_fp4(model: nn.Module, recipe, names, sr_seed: int = 0) -> None:
     r = get_fp4_recipe(recipe)
     for i, n in enumerate(names):
         model.set_submodule(n, ReferenceFP4Linear.from_linear(model.get_submodule(n), r, n, sr_seed=sr_seed * 7919 + i))
-
-
-def unsupported_fp4_linear(model: nn.Module, recipe, names) -> str | None:
-    """The first of the Linears `names` that `recipe` cannot run, as '<name> [out x in] cannot
-    run <recipe>: <why>', or None (the FP4 analogue of recipes.unsupported_linear)."""
-    r = get_fp4_recipe(recipe)
-    for name in names:
-        mod = model.get_submodule(name)
-        if (why := validate_fp4_linear(r, mod.out_features, mod.in_features)):
-            return f"{name} [{mod.out_features}x{mod.in_features}] cannot run {r.name}: {why}"
-    return None

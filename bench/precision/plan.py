@@ -26,6 +26,8 @@ from bench.precision.engines import SIDES, Engine, choose_engine
 from bench.precision.mixed import HIGH_PRECISION, compute_dtype, is_fp8
 from bench.precision.recipes import RECIPES, ScalingRecipe, get_recipe, unsupported_linear
 
+# The one place of the planning keys' defaults: the config schema (bench/config/schema.py) reads
+# them from here, and callers that pass a bare name or a partial dict get the same values.
 PLAN_DEFAULTS = {"engine": "auto", "weights_only": False,
                  "keep_high_precision": {"patterns": ["lm_head"], "first_n_layers": 0, "last_n_layers": 0}}
 

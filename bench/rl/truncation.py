@@ -22,25 +22,9 @@ from __future__ import annotations
 
 import torch
 
-from bench.generation.generator import truncate_logits
-
-
-def truncated(top_k: int, top_p: float, vocab: int) -> bool:
-    """Whether the sampler truncates at all (the generator's own test, engine.sample_step)."""
-    return bool(top_k and top_k < vocab) or top_p < 1.0
-
 
 def kept_logprobs(logits: torch.Tensor, targets: torch.Tensor, kept: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log q_t(target): fp32 log-softmax of logits / T restricted to `kept` ([B, N, V] bool).
     A target outside `kept` gets −inf (probability 0 under the truncated distribution)."""
     scaled = (logits.float() / temperature).masked_fill(~kept, float("-inf"))
     return torch.log_softmax(scaled, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-
-
-def kept_mask_from_logits(logits: torch.Tensor, targets: torch.Tensor, top_k: int, top_p: float,
-                          temperature: float = 1.0) -> torch.Tensor:
-    """The kept set rebuilt from *these* logits with the generator's rule, plus the sampled token
-    (it was in the generator's set by construction). Only for a generator that does not report
-    `kept_mask`: it approximates K by the trainer's K, which differs near the top-p boundary."""
-    kept = torch.isfinite(truncate_logits(logits.float() / temperature, top_k, top_p))
-    return kept.scatter(-1, targets.unsqueeze(-1), True)
