@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.errors import BadInput, exit_on_bad_input
+from bench.core.errors import BadInput, exit_on_bad_input
 
 
 class _Parser(argparse.ArgumentParser):

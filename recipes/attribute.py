@@ -7,7 +7,7 @@ Loads the policy (`init_from`: a pretrain or GRPO run dir, or a checkpoint), sam
 generator (generator_precision, generator/kernels, generator.kv_cache_dtype, lm_head_fp32), then
   (a) the per-site rel_diff / max_abs table of trainer vs generator hidden states and a
       layer x site heatmap (attribution_heatmap.png), first_divergent;
-  (b) the source ablation (bench/ablation.py): tmpe and gen_kl_k3 of the same tokens rescored
+  (b) the source ablation (bench/generation/ablation.py): tmpe and gen_kl_k3 of the same tokens rescored
       with each source alone and with all sources but one, sorted, and a bar chart
       (attribution_ablation.png).
 Writes attribution.md, attribution.json and the PNGs into run_dir (default
@@ -23,15 +23,15 @@ import hydra
 import torch
 from omegaconf import OmegaConf
 
-from bench.ablation import ablate
-from bench.attribution import attribute
+from bench.generation.ablation import ablate
+from bench.generation.attribution import attribute
 from bench.config.validate import validate
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 from bench.generation import Generator
-from bench.model import Transformer, token_logprobs
+from bench.models.decoder import Transformer, token_logprobs
 from bench.precision.mixed import autocast_context
 from bench.precision.plan import apply_precision, plan_precision
-from bench.recipe_utils import check_overrides
+from bench.run.entrypoint import check_overrides
 from bench.rl.mismatch import mismatch_metrics
 from bench.rl.warmstart import load_policy_weights
 from bench.tasks.tokenizer import EOS

@@ -24,16 +24,16 @@ from pathlib import Path
 import hydra
 import torch
 
-from bench import distributed
-from bench.attribution import attribute_step
-from bench.eval import evaluate
-from bench.events import Event
+from bench.train import distributed
+from bench.generation.attribution import attribute_step
+from bench.train.eval import evaluate
+from bench.core.events import Event
 from bench.generation import Generator
-from bench.model import Transformer, token_logprobs
+from bench.models.decoder import Transformer, token_logprobs
 from bench.models import build_model
 from bench.numerics.monitor import NumericsMonitor
-from bench.precision.engines import apply_precision, plan_precision
-from bench.recipe_utils import check_overrides, print_precision_state
+from bench.precision.plan import apply_precision, plan_precision
+from bench.run.entrypoint import check_overrides, print_precision_state
 from bench.rl.batch import RolloutBatch, Scored
 from bench.rl.grpo import GRPOConfig, group_advantages, masked_mean, token_entropy
 from bench.rl.importance import importance_weights
@@ -43,8 +43,8 @@ from bench.rl.rollout_shards import local_shards, resolve_shards, shard_seed
 from bench.rl.truncation import kept_logprobs
 from bench.rl.update import ppo_update
 from bench.rl.warmstart import load_policy_weights, supervised_warmup
-from bench.session import Session, multirun_dir, run_recipe, typed
-from bench.training import OptimConfig, Trainer
+from bench.run.session import Session, multirun_dir, run_recipe, typed
+from bench.train.trainer import OptimConfig, Trainer
 
 
 @dataclass
@@ -171,7 +171,7 @@ def train(s: Session) -> int:
         if start == 0:  # the warm-started policy: the start every later eval is compared with
             s.run_eval(0, run_eval)
         for step in range(start, cfg.steps):
-            s.begin_step(step)  # time/<phase>_s of this step, eval and checkpoint included (bench/timing.py)
+            s.begin_step(step)  # time/<phase>_s of this step, eval and checkpoint included (bench/perf/timing.py)
             with s.phase("refit"):
                 p.generator.refit(model)
             batch = RolloutBatch.cat([rollout_shard(s, p, step, j) for j in local_shards(p.shards, s.dist)])
@@ -233,7 +233,7 @@ def kv_metrics(generator, batch: RolloutBatch, s: Session) -> dict:
 
 def save_samples(s: Session, step: int, batch: RolloutBatch, n: int = 4) -> None:
     """A few completions per eval step, for reading what the policy actually does."""
-    from bench.rundir import JsonlWriter
+    from bench.core.jsonl import JsonlWriter
 
     w = JsonlWriter(s.run_dir / "samples.jsonl")
     P = batch.prompt_len

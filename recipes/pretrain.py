@@ -4,7 +4,7 @@
 
 Reads top to bottom: validate -> build model -> apply precision -> train with monitors and the
 instability policy -> evaluate -> summarise. Every check of user input runs before any compute;
-the session (bench/session.py) keeps the run dir, evals, checkpoints, preemption and status.
+the session (bench/run/session.py) keeps the run dir, evals, checkpoints, preemption and status.
 """
 from __future__ import annotations
 
@@ -13,16 +13,16 @@ import time
 import hydra
 import torch
 
-from bench import distributed
-from bench.eval import evaluate
-from bench.lm_loss import masked_cross_entropy
+from bench.train import distributed
+from bench.train.eval import evaluate
+from bench.models.lm_loss import masked_cross_entropy
 from bench.models import build_model
 from bench.numerics.monitor import NumericsMonitor
 from bench.numerics.stress import OutlierInjector
-from bench.precision.engines import apply_precision, plan_precision
-from bench.recipe_utils import check_overrides, print_precision_state
-from bench.session import Session, multirun_dir, run_recipe, typed
-from bench.training import OptimConfig, Trainer
+from bench.precision.plan import apply_precision, plan_precision
+from bench.run.entrypoint import check_overrides, print_precision_state
+from bench.run.session import Session, multirun_dir, run_recipe, typed
+from bench.train.trainer import OptimConfig, Trainer
 
 
 def train(s: Session) -> int:
@@ -64,7 +64,7 @@ def train(s: Session) -> int:
     with s.running(monitor.close):
         for step in range(start, cfg.steps):
             t0 = time.perf_counter()
-            s.begin_step(step)  # time/<phase>_s of this step, eval and checkpoint included (bench/timing.py)
+            s.begin_step(step)  # time/<phase>_s of this step, eval and checkpoint included (bench/perf/timing.py)
             with s.phase("monitor"):
                 monitor.begin_step(step)
                 stress.set_step(step)

@@ -30,8 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.generation import Generator  # noqa: E402
-from bench.model import Transformer  # noqa: E402
-from bench.perf import load_model_cfg, round_robin_times  # noqa: E402
+from bench.models.decoder import Transformer  # noqa: E402
+from bench.benchmarks.throughput import load_model_cfg, round_robin_times  # noqa: E402
 
 CFG = load_model_cfg("tiny")  # conf/model/tiny.yaml, as the recipes build it
 ROWS = [  # (label, generator precision, use_kv_cache, kv_cache_dtype)
@@ -91,7 +91,7 @@ def main() -> int:
     }
     for k, v in ratios.items():
         print(f"{k:<40}{v:>8.2f}x")
-    from bench.rundir import device_string
+    from bench.run.rundir import device_string
 
     result = {"device": device_string(torch.device(device)), "torch": torch.__version__, "threads": torch.get_num_threads(),
               "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,

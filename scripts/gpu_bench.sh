@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU benchmark for an H100/H200 (any CUDA machine): bench.perf on model=125m, model=1b and
+# GPU benchmark for an H100/H200 (any CUDA machine): bench.benchmarks.throughput on model=125m, model=1b and
 # model=qwen2_0p5b (Qwen2.5-0.5B's shapes through transformers, random weights) (train step
 # per recipe x engine, tokens/s, MFU, peak memory, monitor overhead, bf16 vs FP8 decode) and the
 # GPU-marked tests. Writes docs/bench/gpu_<device>_<date>_<model>.json, ..._pytest.txt, and
@@ -39,7 +39,7 @@ rc=0
 for spec in ${MODELS:-125m:16:1024 1b:4:2048 qwen2_0p5b:8:1024}; do
   IFS=: read -r model batch seq <<< "$spec"
   # shellcheck disable=SC2086  # PERF_ARGS is a word list on purpose
-  "$PY" -m bench.perf --model "$model" --batch "$batch" --seq-len "$seq" --warmup 5 --steps 20 \
+  "$PY" -m bench.benchmarks.throughput --model "$model" --batch "$batch" --seq-len "$seq" --warmup 5 --steps 20 \
     --prompt-len 128 --new-tokens 256 ${PERF_ARGS:-} \
     --json "$OUT/gpu_${tag}_${stamp}_${model}.json" --append-md "$MD" || rc=1
 done

@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf, open_dict  # noqa: E402
 
-import bench.session  # noqa: E402
-from bench.timing import PhaseTimer  # noqa: E402
+import bench.run.session  # noqa: E402
+from bench.perf.timing import PhaseTimer  # noqa: E402
 
 
 class NullTimer(PhaseTimer):
@@ -61,20 +61,20 @@ def run(overrides: list[str], timer_cls, run_dir: Path) -> list[float]:
     with open_dict(cfg):
         cfg.pop("hydra", None)
     OmegaConf.resolve(cfg)
-    bench.session.PhaseTimer = timer_cls
+    bench.run.session.PhaseTimer = timer_cls
     times = []
-    log = bench.session.Session.log_step
+    log = bench.run.session.Session.log_step
 
     def log_step(self, step, metrics, *a, **k):
         log(self, step, metrics, *a, **k)
         times.append(self.timer.step_s)
 
-    bench.session.Session.log_step = log_step
+    bench.run.session.Session.log_step = log_step
     try:
-        assert grpo.train(bench.session.Session(cfg, "grpo")) == 0
+        assert grpo.train(bench.run.session.Session(cfg, "grpo")) == 0
     finally:
-        bench.session.Session.log_step = log
-        bench.session.PhaseTimer = PhaseTimer
+        bench.run.session.Session.log_step = log
+        bench.run.session.PhaseTimer = PhaseTimer
     return times[1:-1]
 
 

@@ -26,7 +26,7 @@ def compose_cfg(recipe: str, overrides: list[str]):
 
 def run_in_process(recipe: str, overrides: list[str]) -> int:
     """Compose and run a recipe's body in this process; returns its exit code."""
-    from bench.session import Session
+    from bench.run.session import Session
     import importlib
 
     mod = importlib.import_module(f"recipes.{recipe}")

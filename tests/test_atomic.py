@@ -1,4 +1,4 @@
-"""bench/atomic.py: a target is the old file or the new one, never half; no temp file remains."""
+"""bench/core/atomic.py: a target is the old file or the new one, never half; no temp file remains."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bench import atomic
+from bench.core import atomic
 
 
 def test_text_json_and_bytes_land_whole(tmp_path):
@@ -42,7 +42,7 @@ def test_failure_midway_keeps_the_old_file_and_leaves_no_temp(tmp_path):
 
 
 def test_importing_atomic_and_the_report_tools_does_not_import_torch():
-    code = ("import sys, bench.atomic, bench.report.gate, bench.report.gate_output, bench.report.compare, "
+    code = ("import sys, bench.core.atomic, bench.report.gate, bench.report.gate_output, bench.report.compare, "
             "bench.report.baseline, bench.report.verdict, bench.cli; assert 'torch' not in sys.modules, 'torch'")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr

@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 import bench.config  # noqa: F401  (registers the schemas before compose_cfg)
 from bench.config import check_overrides
 from bench.config import schema
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 from helpers import CONF, compose_cfg
 
 GROUPS = ["model", "task", "precision", "optim", "logger", "monitor", "policy", "stress", "timing"]

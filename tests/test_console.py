@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from bench.config.schema import LoggerConfig
-from bench.logger import RepeatedEvents, RunLogger
+from bench.run.logger import RepeatedEvents, RunLogger
 from helpers import ROOT
 
 NOISE = ("Failed to load", "is an Enum subclass")
@@ -89,7 +89,7 @@ def test_torchao_start_up_noise_is_filtered_and_nothing_else():
     raw = run_python("import torchao")
     if not any(n in raw for n in NOISE):
         pytest.skip("this torchao/torch prints neither warning: nothing to filter")
-    quiet = run_python("import bench.logger, torchao, logging\n"
+    quiet = run_python("import bench.run.logger, torchao, logging\n"
                        "logging.getLogger('torchao').warning('torchao says something else')\n"
                        "logging.getLogger('torch.utils._pytree').warning('pytree says something else')")
     assert not any(n in quiet for n in NOISE), quiet
@@ -97,7 +97,7 @@ def test_torchao_start_up_noise_is_filtered_and_nothing_else():
 
 
 def test_the_filters_are_installed_once_on_their_own_loggers():
-    from bench.logger import filter_known_noise
+    from bench.run.logger import filter_known_noise
 
     filter_known_noise()
     filter_known_noise()
@@ -108,7 +108,7 @@ def test_the_filters_are_installed_once_on_their_own_loggers():
 def test_a_job_name_is_its_run_dir_below_the_sweep_dir():
     from pathlib import Path
 
-    from bench.logger import job_name
+    from bench.run.logger import job_name
 
     assert job_name(Path("runs/grpo/sweep_1/0_seed=0"), "sweep_1") == "0_seed=0"
     # an override whose value is a path puts `/` into Hydra's job folder name

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from bench.cost import cost_delta, cost_line, run_cost, split_table
-from bench.timing import PHASES
+from bench.perf.cost import cost_delta, cost_line, run_cost, split_table
+from bench.perf.timing import PHASES
 
 
 def row(step, synced=1.0, tokens_per_s=100.0, **phases):
@@ -70,5 +70,5 @@ def test_split_table_shows_only_phases_that_took_time():
 def test_cost_module_needs_no_torch():
     import subprocess
 
-    code = "import sys, bench.cost; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
+    code = "import sys, bench.perf.cost; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -11,9 +11,9 @@ import types
 import pytest
 import torch
 
-from bench.energy import EnergyMeter, NvmlCounter, open_rapl
-from bench.errors import BadInput
-from bench.timing import PhaseTimer, TimingConfig
+from bench.perf.energy import EnergyMeter, NvmlCounter, open_rapl
+from bench.core.errors import BadInput
+from bench.perf.timing import PhaseTimer, TimingConfig
 
 
 def zone(root: pathlib.Path, name: str, label: str, energy: int, rng: int = 10**6) -> pathlib.Path:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fp4_reference as ref
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 from bench.precision.fp4 import (E2M1_MAX, fake_quantize_fp4, fp4_shape_error, get_fp4_recipe, quantize_fp4,
                                  round_e2m1, round_e2m1_stochastic, validate_fp4_linear)
 from bench.precision.fp4_stats import fp4_quant_stats, zero_block_event

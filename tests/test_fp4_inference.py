@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 import fp4_reference as ref
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 from bench.precision.inference import InferenceLinear as FP8InferenceLinear
 from bench.precision.fp4_inference import FP4InferenceLinear
 

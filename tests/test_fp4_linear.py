@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 import fp4_reference as ref
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 from bench.precision import fake_quantize
 from bench.precision.fp4 import fake_quantize_fp4
 from bench.precision.fp4_linear import ReferenceFP4Linear, convert_to_fp4
@@ -202,7 +202,7 @@ def test_w4a4_forward_mismatch_is_larger_than_the_fp8_forward():
 
 @pytest.mark.parametrize("spec", ["nvfp4", {"name": "mxfp4", "mx_scale_rounding": "rceil"}])
 def test_a_tiny_transformer_trains_with_fp4_linears(spec):
-    from bench.model import ModelConfig, Transformer
+    from bench.models.decoder import ModelConfig, Transformer
 
     torch.manual_seed(0)
     model = Transformer(ModelConfig(d_model=64, n_layers=2, n_heads=2, d_ff=128, max_seq_len=32))

@@ -9,10 +9,10 @@ import torch
 
 import bench.config  # noqa: F401  (registers the schemas before compose_cfg)
 import fp4_reference as ref
-from bench.errors import BadInput
-from bench.events import Event
+from bench.core.errors import BadInput
+from bench.core.events import Event
 from bench.generation import Generator
-from bench.model import ModelConfig, Transformer, token_logprobs
+from bench.models.decoder import ModelConfig, Transformer, token_logprobs
 from bench.numerics.monitor import NumericsMonitor
 from bench.numerics.policy import InstabilityPolicy, PolicyConfig
 from bench.precision import RECIPES, fake_quantize

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from scipy import stats as sps
 
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 from bench.report import gate as gt
 from bench.report import gate_output as go
 from bench.report import runs as rr

@@ -3,9 +3,9 @@ sampling log-probs, W8A8 inference and the FP8 KV cache."""
 import pytest
 import torch
 
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 from bench.generation import Generator, KVCache, truncate_logits
-from bench.model import ModelConfig, Transformer, token_logprobs
+from bench.models.decoder import ModelConfig, Transformer, token_logprobs
 from bench.precision import fake_quantize
 from bench.precision.inference import InferenceLinear
 from bench.precision.plan import select_fp8_modules

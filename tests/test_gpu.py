@@ -53,7 +53,7 @@ def test_torchao_without_emulation_agrees_with_reference(scaling):
 
 def test_transformer_engine_runs_delayed_scaling_when_installed():
     pytest.importorskip("transformer_engine.pytorch")
-    from bench.model import ModelConfig, Transformer
+    from bench.models.decoder import ModelConfig, Transformer
     from bench.precision import apply_precision, plan_precision
 
     m = Transformer(ModelConfig()).cuda()

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 from bench.rl.grpo import GRPOConfig, policy_loss
 from bench.rl.rollout_shards import minibatch_rows, resolve_shards, shard_seed
 from helpers import read_jsonl, run_in_process, run_torchrun

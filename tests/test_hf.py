@@ -8,9 +8,9 @@ import torch
 pytest.importorskip("transformers")
 
 from bench.config.schema import ModelConfig
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 from bench.generation import Generator
-from bench.model import token_logprobs
+from bench.models.decoder import token_logprobs
 from bench.models import build_model, load_tokenizer, resolve
 from bench.precision.mixed import autocast_context
 from bench.precision.plan import select_fp8_modules
@@ -166,7 +166,7 @@ def test_attribution_sites_on_hf_name_the_block_where_fp8_is_planted(arch):
     """The HF adapter exposes DESIGN §11's sites (the residual stream after attention is the input
     of post_attention_layernorm): exact kernels, bf16 both sides, FP8 only in layer 1's MLP ->
     every earlier site agrees bitwise and layer 1's MLP is the first divergent site."""
-    from bench.attribution import attribute, site_names
+    from bench.generation.attribution import attribute, site_names
 
     cfg = tiny(arch)
     model = trained(cfg)

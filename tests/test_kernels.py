@@ -1,16 +1,16 @@
-"""Generator kernels (bench/generation/kernels.py) and attribution (bench/attribution.py)."""
+"""Generator kernels (bench/generation/kernels.py) and attribution (bench/generation/attribution.py)."""
 import math
 
 import pytest
 import torch
 
-from bench.attribution import attribute, compare_sites, site_names, site_stats
-from bench.errors import BadInput
+from bench.generation.attribution import attribute, compare_sites, site_names, site_stats
+from bench.core.errors import BadInput
 from bench.generation import Generator
 from bench.generation.kernels import (SWITCHES, KernelConfig, per_token_quantize,
                                       split_k_matmul)
 from bench.generation.replay import replay
-from bench.model import ModelConfig, Transformer, split_kv_attention, token_logprobs
+from bench.models.decoder import ModelConfig, Transformer, split_kv_attention, token_logprobs
 from bench.precision.mixed import autocast_context
 from bench.rl.mismatch import mismatch_metrics
 

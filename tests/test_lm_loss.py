@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from bench.lm_loss import masked_ce_sum, masked_cross_entropy
+from bench.models.lm_loss import masked_ce_sum, masked_cross_entropy
 
 
 def direct(logits, targets, mask):

@@ -6,12 +6,12 @@ import math
 
 import pytest
 
-from bench.training import OptimConfig, lr_lambda, schedule_total
+from bench.train.trainer import OptimConfig, lr_lambda, schedule_total
 from helpers import read_jsonl, run_in_process
 
 
 def reference_multiplier(step: int, warmup: int, total: int, r: float) -> float:
-    """The schedule's definition in float64, written out independently of bench.training."""
+    """The schedule's definition in float64, written out independently of bench.train.trainer."""
     if step < warmup:
         return (step + 1.0) / warmup
     t = min(1.0, (step - warmup) / max(1, total - warmup))

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from bench.model import ModelConfig, Transformer, token_logprobs
+from bench.models.decoder import ModelConfig, Transformer, token_logprobs
 
 TINY = ModelConfig(vocab_size=128, d_model=64, n_layers=2, n_heads=4, d_ff=128, max_seq_len=32)
 

@@ -1,4 +1,4 @@
-"""bench/perf.py on CPU: the FLOP and MFU formulas, the smoke run's JSON, error rows, argument errors.
+"""bench/benchmarks/throughput.py on CPU: the FLOP and MFU formulas, the smoke run's JSON, error rows, argument errors.
 Speed itself is never asserted (DESIGN.md §9), only that the smoke run finishes in time."""
 import json
 import math
@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-from bench import perf
-from bench.model import ModelConfig, Transformer
+from bench.benchmarks import throughput as perf
+from bench.models.decoder import ModelConfig, Transformer
 from helpers import run_cli
 
 ROW_KEYS = {"label", "recipe", "engine", "compile", "status", "error", "step_s_median", "step_s_mean",
@@ -70,7 +70,7 @@ def _check_ratios(res):
 def test_smoke_run_writes_json_with_rows_and_ratios(tmp_path):
     out = tmp_path / "out.json"
     t0 = time.monotonic()
-    p = run_cli(["-m", "bench.perf", "--model", "tiny", "--steps", "2", "--warmup", "1", "--recipes", "bf16",
+    p = run_cli(["-m", "bench.benchmarks.throughput", "--model", "tiny", "--steps", "2", "--warmup", "1", "--recipes", "bf16",
                  "fp8_tensorwise", "--device", "cpu", "--json", str(out), "--threads", "1"], timeout=120)
     elapsed = time.monotonic() - t0
     assert p.returncode == 0, p.stderr[-2000:]
@@ -102,7 +102,7 @@ def test_unsupported_engine_is_an_error_row_and_markdown_is_appended(tmp_path):
     md.write_text("# earlier content\n")
     out = tmp_path / "te.json"
     # 3 timed steps: a median that is not also the mean, so the ratios must come from the medians
-    p = run_cli(["-m", "bench.perf", "--model", "tiny", "--steps", "3", "--warmup", "0", "--batch", "2",
+    p = run_cli(["-m", "bench.benchmarks.throughput", "--model", "tiny", "--steps", "3", "--warmup", "0", "--batch", "2",
                  "--seq-len", "32", "--recipes", "fp8_tensorwise", "fp8_rowwise", "--engines", "reference", "te",
                  "--device", "cpu", "--threads", "1", "--monitor-interval", "0", "--decode-recipes",
                  "--json", str(out), "--append-md", str(md)], timeout=120)

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from bench.errors import BadInput
-from bench.model import ModelConfig, Transformer
+from bench.core.errors import BadInput
+from bench.models.decoder import ModelConfig, Transformer
 from bench.precision import RECIPES, plan_precision, apply_precision, quantize
 from bench.precision.quantize import Quantized, QUANTIZERS, register_quantizer
 from bench.precision.recipes import SCALINGS, register_recipe

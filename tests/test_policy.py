@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 from bench.numerics.policy import InstabilityPolicy, PolicyConfig, SpikeDetector
 
 

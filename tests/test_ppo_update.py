@@ -5,7 +5,7 @@ import contextlib
 import pytest
 import torch
 
-from bench.distributed import DistInfo
+from bench.train.distributed import DistInfo
 from bench.numerics.policy import Decision
 from bench.rl.batch import RolloutBatch, Scored
 from bench.rl.grpo import GRPOConfig

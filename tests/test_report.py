@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 from bench.report import runs as rr
 from runfixtures import cli, write_matrix, write_run
 

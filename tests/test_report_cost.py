@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bench.cli import main as fp8bench
-from bench.timing import PHASES
+from bench.perf.timing import PHASES
 from runfixtures import write_matrix
 
 # Per variant: seconds of each phase in every logged step (the rest 0), and joules per token.

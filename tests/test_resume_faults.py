@@ -56,7 +56,7 @@ def test_a_second_writer_on_a_running_dir_is_refused_with_one_line_and_exit_2(tm
     code = textwrap.dedent(f"""
         import sys, time, pathlib
         sys.path.insert(0, {str(ROOT)!r})
-        from bench import runlock
+        from bench.core import lock as runlock
         runlock.acquire(pathlib.Path({str(d)!r}))
         print("held", flush=True)
         time.sleep(600)

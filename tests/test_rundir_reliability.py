@@ -9,8 +9,10 @@ import textwrap
 
 import pytest
 
-from bench import runlock, rundir
-from bench.errors import BadInput
+from bench.core import lock as runlock
+
+from bench.run import rundir
+from bench.core.errors import BadInput
 from helpers import ROOT
 
 
@@ -19,7 +21,7 @@ def hold_lock_in_child(d):
     code = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(ROOT)!r})
-        from bench import runlock
+        from bench.core import lock as runlock
         runlock.acquire(__import__("pathlib").Path({str(d)!r}))
         print("held", flush=True)
         time.sleep(600)

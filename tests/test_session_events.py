@@ -2,8 +2,8 @@
 must make a valid Event); inside a GRPO update the optimizer step rides along as opt_step."""
 import pytest
 
-from bench.events import Event
-from bench.session import Session
+from bench.core.events import Event
+from bench.run.session import Session
 
 
 class Sink:

@@ -14,8 +14,8 @@ import types
 import pytest
 import torch
 
-from bench.errors import BadInput
-from bench.timing import (MEASURED, PHASES, PhaseTimer, TimingConfig, device_sync, overhead_ns, phase,
+from bench.core.errors import BadInput
+from bench.perf.timing import (MEASURED, PHASES, PhaseTimer, TimingConfig, device_sync, overhead_ns, phase,
                           timed_collectives)
 
 
@@ -303,7 +303,7 @@ def _gloo_worker(rank: int, store: str, out: str):
             dist.broadcast(x, src=0)
     m = t.end_step()
     # bench's own helpers call dist.<name> through the module: caught the same way
-    from bench.distributed import DistInfo, mean
+    from bench.train.distributed import DistInfo, mean
     from bench.rl.rollout_shards import gather_rows
 
     info = DistInfo(rank=rank, world=2)

@@ -8,8 +8,8 @@ import math
 import pytest
 from omegaconf import OmegaConf
 
-from bench.session import _with_row
-from bench.timing import PHASES, TimingConfig
+from bench.run.session import _with_row
+from bench.perf.timing import PHASES, TimingConfig
 from helpers import CONF, read_jsonl, run_in_process, run_torchrun
 
 PRETRAIN = ["model.n_layers=2", "batch_size=8", "steps=4", "eval_every=2", "checkpoint_every=2",
@@ -117,14 +117,14 @@ def test_timing_group_file_holds_no_schema_default():
 
 
 def test_ddp_gradient_all_reduce_is_timed_into_comm_and_still_averages(tmp_path):
-    """The comm hook (bench.distributed.timed_allreduce_hook) in a one-rank gloo group: DDP's
+    """The comm hook (bench.train.distributed.timed_allreduce_hook) in a one-rank gloo group: DDP's
     bucket all-reduce happens inside backward(), is charged to comm (not update), and the
     gradient is the rank mean (one rank: the local gradient, exactly)."""
     import torch
     import torch.distributed as dist
 
-    from bench import distributed
-    from bench.timing import PhaseTimer
+    from bench.train import distributed
+    from bench.perf.timing import PhaseTimer
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
@@ -149,7 +149,7 @@ def test_ddp_gradient_all_reduce_is_timed_into_comm_and_still_averages(tmp_path)
                                          ("timing.sync_interval=-1", "timing.sync_interval=-1 must be >= 0"),
                                          ("timing.energy=gpu", "timing.energy='gpu'; valid: auto, nvml, rapl, off")])
 def test_bad_timing_config_is_one_line_before_the_run_dir_exists(tmp_path, arg, needle):
-    from bench.errors import BadInput
+    from bench.core.errors import BadInput
 
     with pytest.raises(BadInput, match=needle.replace("(", r"\(")):
         run_in_process("pretrain", PRETRAIN + [f"run_dir={tmp_path / 'r'}", arg, "device=cpu"])

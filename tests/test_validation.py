@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 import bench.config  # noqa: F401  (registers the schemas before compose_cfg)
 from badinputs import BAD_INPUTS, GOOD_CONFIGS
-from bench import checkpoint as ckpt
+from bench.train import checkpoint as ckpt
 from helpers import QUIET, ROOT, compose_cfg, run_cli
 
 FILES = {"{text}": str(ROOT / "README.md"), "{binary}": sys.executable}
@@ -249,7 +249,7 @@ def test_real_run_then_resume_extends_and_refuses_relabelling(tmp_path):
 
 
 def test_grpo_init_from_a_checkpoint_of_another_model_is_refused_before_the_run_dir(tmp_path):
-    from bench.model import ModelConfig, Transformer
+    from bench.models.decoder import ModelConfig, Transformer
 
     pt = ckpt.save_file(tmp_path / "other.pt", {"trainer": {"model": Transformer(ModelConfig(d_ff=256)).state_dict()}})
     line = one_line_error(recipe_args("grpo", [f"init_from={pt}"], tmp_path / "run", tmp_path / "cache"))

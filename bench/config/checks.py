@@ -4,7 +4,7 @@ from __future__ import annotations
 import fnmatch
 import math
 
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 
 
 def need(ok: bool, msg: str) -> None:

@@ -12,7 +12,7 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 from bench.config.checks import finite, fnmatch_any, need, one_of, positive
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 KV_CACHE_DTYPES = ("auto", "fp8")
@@ -28,7 +28,7 @@ def linear_names(model: nn.Module) -> list[str]:
 def check_precision(node, side: str, meta: nn.Module, device) -> None:
     """A precision side: a known name; fp16's loss scale; an FP8 recipe's kept modules, knobs,
     engine on this device and every FP8 Linear's shape (through `plan_precision`)."""
-    from bench.precision.engines import plan_precision
+    from bench.precision.plan import plan_precision
     from bench.precision.mixed import HIGH_PRECISION
     from bench.precision.recipes import RECIPES
 

@@ -16,7 +16,7 @@ from typing import get_args, get_origin
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 TYPE_HINTS = {int: "an integer", float: "a number", bool: "true, false", str: "a string"}
@@ -71,7 +71,7 @@ def compose(recipe: str, overrides: list[str]):
 
 def load_choice(group: str, choice: str, recipe: str = "pretrain"):
     """One group option composed with its schema (every key, typed, defaults filled), as the
-    recipes see it: for tools that build a piece without a recipe (bench/perf.py). Reading the
+    recipes see it: for tools that build a piece without a recipe (bench/benchmarks/throughput.py). Reading the
     YAML file alone misses the schema's defaults (and holds Hydra's `defaults` list)."""
     return compose(recipe, [f"{group}={choice}"])[group]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from bench import runlock
+from bench.core import lock as runlock
 from bench.config.checks import need
 
 # What a run *is*: changing any of these mid-run would make its files describe two different runs.
@@ -55,7 +55,7 @@ def check_run_dir(path: Path, resume: bool) -> None:
 def check_resume(cfg, path: Path) -> dict:
     """The latest checkpoint loads (checksum verified) and the run's definition is unchanged.
     Returns the checkpoint state the recipe restores from."""
-    from bench import checkpoint as ckpt
+    from bench.train import checkpoint as ckpt
 
     latest = ckpt.latest(path / "checkpoints") if (path / "checkpoints").is_dir() else None
     need(latest is not None, f"resume=true but run_dir={path} has no checkpoint under checkpoints/; "

@@ -10,11 +10,11 @@ no schema declares is an error at composition, not a silently ignored value.
 
 What a schema cannot say (ranges, choices, cross-field and device checks) is the validation pass
 in bench/config/validate.py. Existing dataclasses are reused, not copied: ModelConfig
-(bench/model.py), OptimConfig (bench/training.py), GRPOConfig (bench/rl/grpo.py), and each task's
+(bench/models/decoder.py), OptimConfig (bench/train/trainer.py), GRPOConfig (bench/rl/grpo.py), and each task's
 `Config` (bench/tasks/).
 
 Importing this module registers the schemas; bench.config imports it, and so does everything
-that composes a config (the recipes through bench.session, check_overrides, the tests).
+that composes a config (the recipes through bench.run.session, check_overrides, the tests).
 """
 from __future__ import annotations
 
@@ -26,14 +26,14 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from bench.generation.kernels import KernelConfig  # generator/kernels: the schema lives with the kernels
-from bench.model import ModelConfig as BuiltinModelConfig
+from bench.models.decoder import ModelConfig as BuiltinModelConfig
 from bench.numerics.policy import PolicyConfig  # the policy group's schema lives with the policy
 from bench.precision.plan import PLAN_DEFAULTS as _PLAN  # planning keys' defaults (one place)
 from bench.precision.recipes import ScalingRecipe
 from bench.rl.grpo import GRPOConfig
 from bench.tasks import TASKS
-from bench.timing import TimingConfig  # timing group: sync_interval, energy (bench/timing.py)
-from bench.training import OptimConfig
+from bench.perf.timing import TimingConfig  # timing group: sync_interval, energy (bench/perf/timing.py)
+from bench.train.trainer import OptimConfig
 
 
 # --- task: one schema per kind, each defined next to its task ----------------------------------
@@ -222,7 +222,7 @@ class AttributionConfig:
 @dataclass
 class ModelConfig(BuiltinModelConfig):
     """The `model` group's schema (named as the built-in model's config it extends, so
-    `schema.ModelConfig()` is the default model). `kind` picks the builder (bench/models): builtin (bench.model.Transformer,
+    `schema.ModelConfig()` is the default model). `kind` picks the builder (bench/models): builtin (bench.models.decoder.Transformer,
     the inherited dims) or hf (a transformers causal LM, DESIGN.md §12): `path` a local checkpoint
     directory (its config.json sets the dims and its tokenizer replaces the task's), or `arch` with
     the inherited dims and `n_kv_heads` for a random-weight model on the task's own tokenizer."""
@@ -259,7 +259,7 @@ class RunConfig:
     logger: LoggerConfig = MISSING
     monitor: MonitorConfig = MISSING
     policy: PolicyConfig = MISSING
-    timing: TimingConfig = MISSING    # per-phase step time and energy (bench/timing.py, bench/energy.py)
+    timing: TimingConfig = MISSING    # per-phase step time and energy (bench/perf/timing.py, bench/perf/energy.py)
 
 
 @dataclass

@@ -25,8 +25,8 @@ from bench.config.checks import need, positive
 from bench.config.groups import (check_generator, check_model, check_grpo, check_logger, check_monitor, check_optim,
                                  check_policy, check_precision, check_stress)
 from bench.config.rundir_checks import check_resume, check_run_dir
-from bench.errors import BadInput
-from bench.model import ModelConfig
+from bench.core.errors import BadInput
+from bench.models.decoder import ModelConfig
 from bench.models import load_tokenizer, meta_model
 from bench.tasks import Task, build_task
 
@@ -148,7 +148,7 @@ def check_textfile(t) -> None:
 
 
 def check_parallel(cfg, side: str) -> None:
-    from bench import distributed
+    from bench.train import distributed
 
     reason = distributed.check_parallel(cfg.parallel, cfg[side].name, cfg.policy.action)
     need(reason is None, str(reason))
@@ -164,8 +164,8 @@ def check_timing(t, device) -> None:
     input here, so a sweep refuses it before any job starts)."""
     from omegaconf import OmegaConf
 
-    from bench.energy import EnergyMeter
-    from bench.timing import check_config
+    from bench.perf.energy import EnergyMeter
+    from bench.perf.timing import check_config
 
     timing = OmegaConf.to_object(t)
     check_config(timing)

@@ -1,13 +1,16 @@
 """The generator: a separate rollout sampler with its own weights, precision and KV cache.
 
   generator.py  Generator (refit from the trainer, generate rollouts, score tokens), Rollout
-  kvcache.py    KVCache, in the compute dtype or FP8 (E4M3) with static per-head scales
+  attribution.py  where along the network the two sides part ways (DESIGN §11)
+  ablation.py   which mismatch source explains how much of the disagreement (recipes/attribute.py)
   kernels.py    KernelConfig: the generator's kernels, exact (the trainer's ops) or as an inference
                 engine runs them (DESIGN §11), one switch per source
   replay.py     replay(): the generator's computation of given tokens, hidden states included
-Its precision is planned by bench.precision.plan (side="generator", the `inference` engine).
+Its precision is planned by bench.precision.plan (side="generator", the `inference` engine); its
+KV cache is bench.models.kvcache (the models' forward takes it). Imports rl (the mismatch metrics
+the ablation scores with), models, precision, perf, core.
 """
 from bench.generation.generator import Generator, Rollout, sample_step, truncate_logits
-from bench.generation.kvcache import KVCache
+from bench.models.kvcache import KVCache
 
 __all__ = ["Generator", "Rollout", "KVCache", "sample_step", "truncate_logits"]

@@ -21,7 +21,7 @@ registry runs here with no change to this package.
                 (`keep_high_precision`, default lm_head) stay bf16
 Kernels (`kernels`, DESIGN §11): `exact` runs the trainer's ops; each switch of
 bench/generation/kernels.py replaces one of them with what an inference engine runs.
-KV cache: `kv_cache_dtype` "auto" (the compute dtype) or "fp8" (bench/generation/kvcache.py),
+KV cache: `kv_cache_dtype` "auto" (the compute dtype) or "fp8" (bench/models/kvcache.py),
 with `kv_cache_headroom` >= 1 dividing the FP8 scale (room for decoded values above the prefill's).
 
 Log-probs: for each sampled token the rollout carries
@@ -53,13 +53,13 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 from bench.generation.kernels import install_kernels, kernel_config
-from bench.model import ModelConfig, token_logprobs
+from bench.models.decoder import ModelConfig, token_logprobs
 from bench.models import empty_model, new_kv_cache
 from bench.precision.mixed import autocast_context, compute_dtype
 from bench.precision.plan import apply_precision, plan_precision
-from bench.timing import phase
+from bench.perf.timing import phase
 
 
 @dataclass
@@ -95,7 +95,7 @@ def sample_step(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
         tok = logits.argmax(-1)
         lp = token_logprobs(logits[:, None], tok[:, None])[:, 0]
         return tok, lp, lp, None
-    # The same ops, in the same order, as bench.model.token_logprobs: the untruncated log-prob
+    # The same ops, in the same order, as bench.models.decoder.token_logprobs: the untruncated log-prob
     # must be bitwise what the trainer computes from bitwise-equal logits.
     scaled = logits.float() / temperature
     logp_full = torch.log_softmax(scaled, dim=-1)
@@ -218,7 +218,7 @@ class Generator:
             eos_id = None  # no token can match it: never stops (benchmarks pass -1)
         pad = 0 if eos_id is None else eos_id  # fills positions after a stop (and not yet sampled)
         with torch.inference_mode(), self.context():
-            with phase("rollout_prefill"):  # buffers, KV cache and the prompt forward (bench/timing.py)
+            with phase("rollout_prefill"):  # buffers, KV cache and the prompt forward (bench/perf/timing.py)
                 tokens = torch.full((B, P + N), pad, dtype=torch.long, device=dev)
                 tokens[:, :P] = prompts.to(dev)
                 mask = torch.zeros(B, N, dtype=torch.bool, device=dev)

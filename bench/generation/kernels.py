@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 from bench.precision.formats import FORMATS
 
 E4M3 = FORMATS["e4m3"]

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from bench.generation.kvcache import KVCache
-from bench.model import token_logprobs
+from bench.models.kvcache import KVCache
+from bench.models.decoder import token_logprobs
 from bench.precision.mixed import compute_dtype
 
 

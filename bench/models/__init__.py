@@ -9,18 +9,23 @@
     resolve(cfg)                    fill a model=hf model.path config's sizes from its config.json
     load_tokenizer(cfg)             the checkpoint's tokenizer (model.path), else None (task's own)
 
-Kinds: `builtin` (bench.model.Transformer) and `hf` (a transformers causal LM behind an adapter,
+Kinds: `builtin` (bench.models.decoder.Transformer) and `hf` (a transformers causal LM behind an adapter,
 bench/models/hf.py). Both present one interface, which every other part of the harness codes
 against: forward(idx, cache=None, pos=0) -> fp32 logits, `.layers` (the decoder blocks: FSDP2's
 per-block wrap and the planner's first/last-N-layer selection iterate it), `.embed`, `.norm`,
 `.lm_head`, `.cfg`, `.reset_parameters()`, and nn.Linear projections under `layers.<i>.…`.
+
+  decoder.py  the built-in decoder        hf.py      the transformers adapter
+  kvcache.py  the KV cache both kinds' forward takes (the generator's, compute dtype or FP8)
+  lm_loss.py  the masked next-token cross-entropy every LM loss is made of
+Imports precision, tasks (tokenizers), core.
 """
 from __future__ import annotations
 
 import torch
 
-from bench.errors import BadInput
-from bench.model import ModelConfig, Transformer, rope_tables
+from bench.core.errors import BadInput
+from bench.models.decoder import ModelConfig, Transformer, rope_tables
 
 KINDS = ("builtin", "hf")
 
@@ -91,7 +96,7 @@ def new_kv_cache(cfg: ModelConfig, batch: int, max_len: int, dtype, device, fp8:
     """A KV cache shaped for this model's attention: n_kv_heads (GQA) key/value heads of
     head_dim each. The HF adapter writes into the same KVCache (its layers call update()), so the
     FP8 cache (quantize on write, static per-head scales) works on both kinds."""
-    from bench.generation.kvcache import KVCache  # here: bench.generation imports this package
+    from bench.models.kvcache import KVCache  # here: bench.generation imports this package
 
     heads = getattr(cfg, "n_kv_heads", 0) or cfg.n_heads
     return KVCache(cfg.n_layers, batch, heads, max_len, cfg.d_model // cfg.n_heads, dtype, device,

@@ -14,7 +14,7 @@ lm_head -> fp32 logits), the way the HF model's forward does, minus its mask and
 with no cache, or a cache at pos 0, attention is plain causal SDPA (mask None, which transformers'
 SDPA path turns into is_causal=True); one decoded token attends to all cached positions; a prefill
 chunk at pos > 0 gets an explicit [T, pos+T] causal mask. The cache is the generator's own
-bench.generation.kvcache.KVCache, reached through a view whose update(k, v, layer_idx) is the call
+bench.models.kvcache.KVCache, reached through a view whose update(k, v, layer_idx) is the call
 transformers' attention makes on a Cache: so quantize-on-write (the FP8 KV cache) works here too.
 
 Padding: prompts are left-padded (bench/tasks/base.py) and no attention mask is passed, so pad
@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from bench.errors import BadInput
-from bench.model import lm_head_logits
+from bench.core.errors import BadInput
+from bench.models.decoder import lm_head_logits
 
 ARCHS = ("llama", "qwen2", "qwen3")
 
@@ -134,10 +134,10 @@ SPLIT_KV = "fp8bench_split_kv"  # the transformers attention implementation name
 
 def _split_kv_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
     """generator kernel split_kv on an HF model: the built-in flash-decoding emulation
-    (bench.model.split_kv_attention, chunks of `module.kv_chunk` keys), registered with
+    (bench.models.decoder.split_kv_attention, chunks of `module.kv_chunk` keys), registered with
     transformers' AttentionInterface. Causal by position: queries sit at the last T of the L key
     positions (prefill: T = L; decode with the KV cache: T = 1)."""
-    from bench.model import split_kv_attention
+    from bench.models.decoder import split_kv_attention
     from transformers.integrations.sdpa_attention import repeat_kv
 
     groups = getattr(module, "num_key_value_groups", 1)

@@ -35,8 +35,8 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from bench.errors import BadInput
-from bench.events import Emit, Event
+from bench.core.errors import BadInput
+from bench.core.events import Emit, Event
 from bench.numerics.divergence import DivergenceWatch, Finding
 
 ACTIONS = ("log", "skip_step", "fallback", "halt")
@@ -123,7 +123,7 @@ class InstabilityPolicy:
         line; signals: which of SIGNALS this recipe's trend detectors watch; eval_margin: the
         accuracy drop below the run's best that is an eval_regression event; spikes: which of
         loss, grad_norm get a z-score spike detector."""
-        if isinstance(cfg, dict):  # callers that name only a few knobs (bench/perf.py): the rest default
+        if isinstance(cfg, dict):  # callers that name only a few knobs (bench/benchmarks/throughput.py): the rest default
             cfg = PolicyConfig(**cfg)
         if (reason := PolicyConfig.validate(cfg)) is not None:
             raise BadInput(reason)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 
 
 class OutlierInjector:

@@ -21,7 +21,7 @@ import logging
 
 import torch
 
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 from bench.precision.recipes import ScalingRecipe
 from bench.precision.te import TransformerEngine
 
@@ -173,11 +173,3 @@ def choose_engine(requested: str, recipe: ScalingRecipe, device: torch.device, s
         raise BadInput(f"{key}={requested} cannot run {recipe.name} here: {reason}; valid here: {', '.join(ok) or '-'}")
     return eng
 
-
-def __getattr__(name):
-    """The planner moved to bench.precision.plan; entry points still import it from here."""
-    if name in ("PrecisionPlan", "plan_precision", "apply_precision", "select_fp8_modules", "fallback_to_high_precision"):
-        from bench.precision import plan
-
-        return getattr(plan, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 
 E2M1_MAX = 6.0
 E2M1_OVERFLOW = 7.0  # max + half an ulp: with an unbounded exponent RNE would round |v| >= 7 to 8

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 from bench.precision.fp4 import FP4Quantized, FP4Recipe, get_fp4_recipe, quantize_fp4, validate_fp4_linear
 from bench.precision.fp4_stats import fp4_quant_stats
 from bench.precision.hadamard import rht

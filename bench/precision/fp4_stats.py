@@ -34,7 +34,7 @@ import math
 
 import torch
 
-from bench.events import Event
+from bench.core.events import Event
 from bench.precision.fp4 import E2M1_OVERFLOW, FP4Quantized
 
 SQNR_CAP = 200.0

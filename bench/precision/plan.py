@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 from bench.precision.engines import SIDES, Engine, choose_engine
 from bench.precision.mixed import HIGH_PRECISION, compute_dtype, is_fp8
 from bench.precision.recipes import RECIPES, ScalingRecipe, get_recipe, unsupported_linear

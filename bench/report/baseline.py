@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import atomic
-from bench.errors import BadInput
+from bench.core import atomic
+from bench.core.errors import BadInput
 from bench.report import identity
 from bench.report.rules import DEFAULT_K, as_rules, rule_ks
 from bench.report.runs import Run, finite, group, higher_is_better, load_runs
@@ -126,7 +126,7 @@ def record(run_dirs, rules=None) -> dict:
 
 
 def write(baseline: dict, path) -> Path:
-    """Atomic write (bench.atomic): a gate never reads half a file. A path that is a directory
+    """Atomic write (bench.core.atomic): a gate never reads half a file. A path that is a directory
     (or lies under a file) is BadInput."""
     path = Path(path)
     if path.is_dir():

@@ -27,9 +27,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from markdown_it import MarkdownIt  # noqa: E402  (ships with rich)
 
-from bench import atomic  # noqa: E402
-from bench.errors import BadInput  # noqa: E402
-from bench.events import KINDS  # noqa: E402
+from bench.core import atomic  # noqa: E402
+from bench.core.errors import BadInput  # noqa: E402
+from bench.core.events import KINDS  # noqa: E402
 from bench.report import baseline as bl  # noqa: E402
 from bench.report import verdict  # noqa: E402
 from bench.report import attribution  # noqa: E402

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 from bench.report import baseline as bl
 from bench.report import identity, stats
 from bench.report.rules import (LOWER_IS_BAD, TESTS, Rule, as_rules, default_rules_path,  # noqa: F401

@@ -8,10 +8,10 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from bench import atomic
+from bench.core import atomic
 from bench.report.gate import ALPHA, Verdict, _f
 
-EXIT = {"pass": 0, "regression": 1, "inconclusive": 3}  # 2 is bad input (bench.errors)
+EXIT = {"pass": 0, "regression": 1, "inconclusive": 3}  # 2 is bad input (bench.core.errors)
 WORD = {"pass": "pass", "regression": "REGRESSION", "inconclusive": "INCONCLUSIVE"}
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import yaml
 
-from bench.errors import BadInput
-from bench.events import KINDS
+from bench.core.errors import BadInput
+from bench.core.events import KINDS
 from bench.report.runs import STATUSES
 
 DEFAULT_K = 5

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 
 STATUSES = ("running", "completed", "diverged", "failed", "preempted", "unknown")
 # Per-run bookkeeping: differs between repeats of the same experiment, never defines a variant.

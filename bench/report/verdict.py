@@ -10,7 +10,7 @@ Per candidate variant, against the baseline variant (the all-bf16 one unless tol
   events     counts by kind over all seeds
   verdict    the gate's outcome under the default rules for the recipe (conf/gate/<recipe>.yaml)
              with the baseline variant's runs as the baseline, in words
-  cost       what the precision saves, next to the damage (bench/cost.py): the variant's mean over
+  cost       what the precision saves, next to the damage (bench/perf/cost.py): the variant's mean over
              seeds of rollout time, step time, tokens/s and joules per token (when a counter
              measured them), relative to the baseline's, and Δ accuracy: "rollout −x%, step −y%,
              energy/token −z%, accuracy +0.010". Only what both sides measured is shown.
@@ -25,9 +25,9 @@ from collections import Counter
 
 import numpy as np
 
-from bench import cost as costs
-from bench.errors import BadInput
-from bench.events import KINDS
+from bench.perf import cost as costs
+from bench.core.errors import BadInput
+from bench.core.events import KINDS
 from bench.report import baseline as bl
 from bench.report import gate as gt
 from bench.report import stats
@@ -128,7 +128,7 @@ def summarize(variants: dict[str, Variant], base: str, alpha: float = ALPHA) -> 
 
 
 def variant_costs(variants: dict[str, Variant]) -> dict[str, dict]:
-    """Each variant's time and energy figures (bench.cost.variant_cost over its runs)."""
+    """Each variant's time and energy figures (bench.perf.cost.variant_cost over its runs)."""
     return {name: costs.variant_cost([costs.run_cost(r.metrics, r.summary) for r in v.runs])
             for name, v in variants.items()}
 
@@ -140,7 +140,7 @@ def split(variants: dict[str, Variant]) -> list[str]:
         return []
     return ["## Where the time goes", "",
             "Mean step time over the synced steps after the first (eval and checkpoint steps included) "
-            "and each phase's share of it (`time/<phase>_s`, bench/timing.py); mean over seeds.", "",
+            "and each phase's share of it (`time/<phase>_s`, bench/perf/timing.py); mean over seeds.", "",
             costs.split_table(spent), ""]
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from bench.distributed import DistInfo
+from bench.train.distributed import DistInfo
 from bench.rl.rollout_shards import gather_rows
 
 

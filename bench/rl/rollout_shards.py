@@ -38,7 +38,7 @@ import hashlib
 import torch
 import torch.distributed as dist
 
-from bench.distributed import DistInfo
+from bench.train.distributed import DistInfo
 
 
 def resolve_shards(requested: int, world: int, prompts_per_step: int, group_size: int, minibatches: int) -> int:

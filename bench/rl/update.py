@@ -23,8 +23,8 @@ from typing import Callable
 
 import torch
 
-from bench.distributed import DistInfo
-from bench.model import token_logprobs
+from bench.train.distributed import DistInfo
+from bench.models.decoder import token_logprobs
 from bench.rl.batch import RolloutBatch, Scored
 from bench.rl.grpo import GRPOConfig, policy_loss
 from bench.rl.rollout_shards import local_shards, minibatch_rows, token_norm, token_weighted_mean

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from bench import checkpoint as ckpt
-from bench.errors import BadInput
-from bench.lm_loss import masked_cross_entropy
-from bench.model import Transformer
-from bench.training import OptimConfig, lr_lambda
+from bench.train import checkpoint as ckpt
+from bench.core.errors import BadInput
+from bench.models.lm_loss import masked_cross_entropy
+from bench.models.decoder import Transformer
+from bench.train.trainer import OptimConfig, lr_lambda
 
 
 def load_policy_weights(model: Transformer, path: str) -> None:

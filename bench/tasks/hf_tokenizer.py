@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 
 
 class HFTokenizer:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 
 POWERCAP = Path("/sys/class/powercap")
 
@@ -185,19 +185,19 @@ class EnergyMeter:
                 self.tokens_uj += round(j * 1e6)
                 self.total_tokens += round(j / jpt)
 
-    def run_summary(self, info=None) -> dict:
+    def run_summary(self, info=None, mean=None) -> dict:
         """summary.json's `energy` for the whole run. info: the torchrun DistInfo (None: this
-        process alone; every rank must call it together). NVML (per-device counters): the ranks'
-        joules and tokens are summed. RAPL (node_wide: every rank reads the same packages of one
-        node): rank 0's reading alone, with the node's tokens. `ranks` says which."""
+        process alone; every rank must call it together) and `mean(x, info)` its cross-rank mean
+        (bench.train.distributed.mean, passed in: this module sits below the process-group layer).
+        NVML (per-device counters): the ranks' joules and tokens are summed. RAPL (node_wide:
+        every rank reads the same packages of one node): rank 0's reading alone, with the node's
+        tokens. `ranks` says which."""
         out = self.summary()
         if self.source is None or info is None or not info.enabled:
             return out
         if self.node_wide:
             return {**out, "ranks": "node (rank 0's reading of the shared packages)"}
-        from bench import distributed
-
-        total, tok_uj, tokens = (distributed.mean(float(x), info) * info.world
+        total, tok_uj, tokens = (mean(float(x), info) * info.world
                                  for x in (self.total_uj, self.tokens_uj, self.total_tokens))
         return {"source": self.source, "total_j": total / 1e6, "j_per_token": tok_uj / (1e6 * tokens) if tokens else None,
                 "ranks": info.world}

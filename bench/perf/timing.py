@@ -51,7 +51,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 
 if TYPE_CHECKING:  # torch is imported where a device is resolved: report tools read PHASES without it
     import torch
@@ -65,7 +65,7 @@ ENERGY_SOURCES = ("auto", "nvml", "rapl", "off")
 @dataclass
 class TimingConfig:
     """conf/timing/default.yaml. sync_interval: device sync at phase boundaries on steps with
-    step % sync_interval == 0 (0: never). energy: which counter EnergyMeter reads (bench.energy)."""
+    step % sync_interval == 0 (0: never). energy: which counter EnergyMeter reads (bench.perf.energy)."""
     sync_interval: int = 10
     energy: str = "auto"
 
@@ -126,7 +126,7 @@ def phase(name: str):
 def device_honest() -> bool:
     """Whether a phase opened now measures device time: a step is open and either the device is
     synchronous (CPU) or this step is sampled (its boundaries synchronise). The DDP comm hook
-    (bench/distributed.py) serialises its all-reduce only then, so unsampled CUDA steps keep
+    (bench/train/distributed.py) serialises its all-reduce only then, so unsampled CUDA steps keep
     DDP's overlap of gradient communication with the backward."""
     t = _ACTIVE
     return t is not None and t._t0 is not None and (t._sync is None or t.sampled)
@@ -137,7 +137,7 @@ class PhaseTimer:
 
     device: where the step's work runs (decides whether boundaries need a sync).
     sync / clock: injectable for tests (sync: a no-arg callable or None; clock: integer ns).
-    energy: optional object with `begin()` and `end(tokens) -> dict` (bench.energy.EnergyMeter),
+    energy: optional object with `begin()` and `end(tokens) -> dict` (bench.perf.energy.EnergyMeter),
       read at the same two instants as the step's clock, after the same syncs.
     """
 
@@ -276,7 +276,7 @@ def timed(fn: Callable, name: str = "comm") -> Callable:
 @contextlib.contextmanager
 def timed_collectives(module=None, names: tuple[str, ...] = COLLECTIVES):
     """Within the block, every blocking call of `torch.distributed.<name>` made through the module
-    attribute (`dist.all_reduce(t)`, as bench.distributed and bench.rl.rollout_shards call them)
+    attribute (`dist.all_reduce(t)`, as bench.train.distributed and bench.rl.rollout_shards call them)
     is timed into the `comm` phase of the open step, and the attributes are restored on exit.
 
     What `comm` then holds: the time from the call to its return, which for gloo (CPU) is the

@@ -1,6 +1,6 @@
 """Throughput benchmark: what each precision costs in time, FLOP utilisation and memory, on one device.
 
-    python -m bench.perf --model 125m --batch 16 --seq-len 1024 --warmup 5 --steps 20 \
+    python -m bench.benchmarks.throughput --model 125m --batch 16 --seq-len 1024 --warmup 5 --steps 20 \
         --json docs/bench/gpu.json --append-md docs/benchmarks.md
 
 Every number below comes from one process, so every ratio compares rows measured side by side.
@@ -69,51 +69,21 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from bench.generation import Generator
+from bench.config.overrides import CONF
 from bench.config.schema import ModelConfig  # the model group's schema: either kind (bench/models)
 from bench.models import build_model
 from bench.numerics.monitor import NumericsMonitor
 from bench.numerics.policy import InstabilityPolicy
-from bench.precision.engines import ENGINES, apply_precision, plan_precision
+from bench.precision.engines import ENGINES
+from bench.precision.plan import apply_precision, plan_precision
 from bench.precision.mixed import HIGH_PRECISION, is_fp8
 from bench.precision.recipes import RECIPES
-from bench.rundir import device_string, versions
-from bench.session import typed
-from bench.training import OptimConfig, Trainer
+from bench.run.rundir import device_string, versions
+from bench.run.session import typed
+from bench.train.trainer import OptimConfig, Trainer
+from bench.benchmarks.flops import flops_per_token, matmul_params, mfu, peak_tflops  # noqa: F401  (the MFU formulas)
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 ENGINE_ORDER = ("te", "torchao", "reference")  # the `auto` priority of bench.precision.engines
-H100_SXM, H100_PCIE = (989.4, 1978.9), (756.0, 1513.0)  # dense bf16, fp8 TFLOP/s
-
-
-def peak_tflops(device_name: str) -> tuple[float, float] | None:
-    """(bf16, fp8) dense peak TFLOP/s for a device name, or None where the table has no entry."""
-    n = device_name.upper()
-    if not n.startswith("NVIDIA") or any(s in n for s in ("MIG", "NVL", "GH200")):
-        return None  # a MIG slice has a fraction of the peak; NVL / GH200 run other clocks
-    if "H200" in n:
-        return H100_SXM
-    if "H100" in n:
-        return H100_PCIE if "PCIE" in n else H100_SXM
-    return None
-
-
-def matmul_params(cfg: ModelConfig) -> int:
-    """N of the MFU formula: weights of the Linears (attention, MLP, lm_head). q and o are d x d;
-    k and v are d x (n_kv_heads * head_dim), which is d x d without grouped-query attention."""
-    d = cfg.d_model
-    kv = (getattr(cfg, "n_kv_heads", 0) or cfg.n_heads) * (d // cfg.n_heads)  # a bare bench.model config: no GQA
-    return cfg.n_layers * (2 * d * d + 2 * d * kv + 3 * d * cfg.d_ff) + d * cfg.vocab_size
-
-
-def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
-    """Training FLOPs per token, PaLM appendix B: 6*N + 12*n_layers*d_model*seq_len."""
-    return 6 * matmul_params(cfg) + 12 * cfg.n_layers * cfg.d_model * seq_len
-
-
-def mfu(tokens_per_s: float | None, fpt: int, peak: float | None) -> float | None:
-    return None if not (peak and tokens_per_s) else tokens_per_s * fpt / (peak * 1e12)
-
-
 def load_model_cfg(name: str, sets: list[str] | None = None) -> ModelConfig:
     """conf/model/<name>.yaml, with `--set key=value` overrides (e.g. a CPU smoke of qwen2_0p5b's
     architecture at tiny sizes: --set n_layers=2 d_model=128 n_heads=2 d_ff=256 vocab_size=256)."""
@@ -318,7 +288,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse(argv) -> argparse.Namespace:
-    ap = _Parser(prog="python -m bench.perf", description="Train-step, MFU, memory and decode benchmark.")
+    ap = _Parser(prog="python -m bench.benchmarks.throughput", description="Train-step, MFU, memory and decode benchmark.")
     ap.add_argument("--model", default="tiny")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override model keys (conf/model schema)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -415,7 +385,7 @@ def main(argv=None) -> int:
     decode_rows, decode = run_decode(a, cfg, device) if a.decode_recipes else ([], {})
 
     res = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-           "command": "python -m bench.perf " + shlex.join(argv), "device": dev_name, "versions": versions(),
+           "command": "python -m bench.benchmarks.throughput " + shlex.join(argv), "device": dev_name, "versions": versions(),
            "config": {**{k: v for k, v in vars(a).items() if k not in ("json", "append_md", "peak_tflops")},
                       "model_cfg": dataclasses.asdict(cfg), "threads": torch.get_num_threads()},
            "matmul_params": matmul_params(cfg), "flops_per_token": fpt,

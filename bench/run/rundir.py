@@ -8,7 +8,7 @@
 JSONL lines are flushed and fsync'd per write, and summary.json is replaced atomically, so a
 crash (or SIGKILL) loses at most the step in flight. wandb only mirrors these files.
 
-One run dir, one writer: `prepare` takes an advisory lock (bench/runlock.py) that the session
+One run dir, one writer: `prepare` takes an advisory lock (bench/core/lock.py) that the session
 releases when it finishes. Resume reads as one run: every checkpoint records how many bytes each
 JSONL file held when it was written (`jsonl_sizes`), and `cut_back` truncates the files to those
 sizes on resume, moving what a crashed segment wrote after its last checkpoint to a side file
@@ -17,46 +17,25 @@ sizes on resume, moving what a crashed segment wrote after its last checkpoint t
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 from pathlib import Path
 
 import torch
 
-from bench import atomic, runlock
-from bench.errors import BadInput
+from bench.core import atomic
+
+from bench.core import lock as runlock
+from bench.core.errors import BadInput
+from bench.core.jsonl import JsonlWriter, jsonable  # noqa: F401  (JsonlWriter: the run dir's writer)
 
 FILES = ("config.yaml", "metrics.jsonl", "events.jsonl", "evals.jsonl", "summary.json")
 JSONL = ("metrics.jsonl", "events.jsonl", "evals.jsonl", "samples.jsonl", "attribution.jsonl")
 
 
-# One atomic-write helper for the whole package (bench/atomic.py); the old local copy here also
+# One atomic-write helper for the whole package (bench/core/atomic.py); the old local copy here also
 # swallowed write errors.
 atomic_write_text = atomic.write_text
-
-
-def _jsonable(v):
-    if isinstance(v, torch.Tensor):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None if math.isnan(v) else (1e308 if v > 0 else -1e308)
-    return v
-
-
-class JsonlWriter:
-    """Append-only JSONL, flushed and fsync'd per line (non-finite floats become null)."""
-
-    def __init__(self, path: Path):
-        self.f = open(path, "a", buffering=1)
-
-    def write(self, record: dict) -> None:
-        self.f.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
-        self.f.flush()
-        os.fsync(self.f.fileno())
-
-    def close(self):
-        self.f.close()
 
 
 def prepare(run_dir: str | Path, resume: bool) -> Path:
@@ -149,7 +128,7 @@ def bf16_note() -> str:
 
 
 def write_summary(path: Path, summary: dict) -> None:
-    atomic_write_text(Path(path) / "summary.json", json.dumps(summary, indent=2, default=_jsonable) + "\n")
+    atomic_write_text(Path(path) / "summary.json", json.dumps(summary, indent=2, default=jsonable) + "\n")
 
 
 def read_summary(path: Path) -> dict:

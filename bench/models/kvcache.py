@@ -40,7 +40,7 @@ E4M3 = FORMATS["e4m3"]
 
 class LayerCache:
     """One layer's keys/values. `update(k, v, pos)` writes positions pos..pos+T-1 and returns
-    (k_all, v_all) holding positions 0..pos+T-1, as bench.model.Attention expects."""
+    (k_all, v_all) holding positions 0..pos+T-1, as bench.models.decoder.Attention expects."""
 
     def __init__(self, batch: int, n_heads: int, max_len: int, head_dim: int, dtype: torch.dtype,
                  device, fp8: bool = False, headroom: float = 1.0):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.lm_loss import masked_ce_sum
+from bench.models.lm_loss import masked_ce_sum
 from bench.tasks import Task
 
 EVAL_SEED = 1234  # the same held-out problems for every run and seed, so runs compare

@@ -2,7 +2,7 @@
 `monitor=default` (interval 25), in one process, rows alternating round by round; plus an
 `uncounted` row with the per-cast clamp counting switched off, to show what that costs.
 
-    python -m bench.numerics.overhead --recipe fp8_delayed --rounds 5 --steps 25 --threads 1
+    python -m bench.benchmarks.overhead --recipe fp8_delayed --rounds 5 --steps 25 --threads 1
 
 Both off and default pay the per-cast clamp counts and their once-per-step read (what turns a
 saturating cast into an overflow event on the step it happens, monitor on or off); default adds
@@ -15,7 +15,7 @@ contended machine, where other processes only ever add time:
             the whole difference; measuring it inside each default run cancels the drift between
             runs that a ratio of two rows' means (also reported) suffers from
   counting  = base(off) / base(uncounted) − 1
-Steps are bench.perf.train_row's (the recipes' plan -> apply -> Trainer path).
+Steps are bench.benchmarks.throughput.train_row's (the recipes' plan -> apply -> Trainer path).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import sys
 
 import torch
 
-from bench.model import ModelConfig
+from bench.models.decoder import ModelConfig
 
 TINY = ModelConfig(vocab_size=128, d_model=128, n_layers=2, n_heads=4, d_ff=384, max_seq_len=64)
 
@@ -38,7 +38,7 @@ def _q25(v: list[float]) -> float:
 def monitor_overhead(recipe: str = "fp8_delayed", engine: str = "reference", rounds: int = 5, steps: int = 25,
                      warmup: int = 3, batch: int = 8, interval: int = 25, cfg: ModelConfig = TINY) -> dict:
     """Mean step time per row (module docstring) and the two overhead ratios."""
-    from bench.perf import train_row  # the shared timing loop
+    from bench.benchmarks.throughput import train_row  # the shared timing loop
 
     qmod = sys.modules["bench.precision.quantize"]
     real_can_clamp = qmod.can_clamp

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from bench import distributed
-from bench.errors import BadInput
+from bench.train import distributed
+from bench.core.errors import BadInput
 from bench.numerics.monitor import NumericsMonitor
 from bench.numerics.policy import Decision, InstabilityPolicy
-from bench.events import Event
+from bench.core.events import Event
 from bench.precision.mixed import autocast_context
 from bench.precision.plan import PrecisionPlan
-from bench.timing import phase
+from bench.perf.timing import phase
 
 
 @dataclass

@@ -3,11 +3,8 @@ bench.precision.plan.print_precision_state (re-exported here for the entry point
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from bench.precision.plan import print_precision_state  # noqa: F401  (moved; entry points import it here)
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def group_choices(group: str) -> list[str]:
@@ -22,7 +19,7 @@ def check_overrides(recipe: str, argv: list[str] | None = None) -> None:
     type get one `fp8bench: error:` line naming the nearest valid key or the valid choices, and
     exit 2 (Hydra's own errors are multi-line, exit 1). The checks: bench/config/overrides.py."""
     from bench.config import check_overrides as check
-    from bench.errors import BadInput
+    from bench.core.errors import BadInput
 
     try:
         check(recipe, sys.argv[1:] if argv is None else argv)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from bench.rundir import JsonlWriter
+from bench.core.jsonl import JsonlWriter
 
 KEY_METRICS = ("train/loss", "rollout/reward_mean", "mismatch/token_mult_prob_error")
 
@@ -228,7 +228,7 @@ class RunLogger:
         self.say(f"eval @ {step}: " + "  ".join(f"{k}={v:.4g}" for k, v in values.items()))
 
     def log_event(self, event: dict):
-        """event: an Event's to_dict() (bench/events.py). Every event goes to events.jsonl and
+        """event: an Event's to_dict() (bench/core/events.py). Every event goes to events.jsonl and
         wandb; the console gets the first of each (kind, where) and then counts."""
         self.events.write(event)
         self.wandb.log({"step": event["step"], f"events/{event['kind']}": event.get("value")})

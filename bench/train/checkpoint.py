@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.errors import BadInput
-from bench import atomic
+from bench.core.errors import BadInput
+from bench.core import atomic
 
 
 def rng_state() -> dict:

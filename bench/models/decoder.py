@@ -8,7 +8,7 @@ name (`layers.3.attn.q`, `layers.3.mlp.up`, `lm_head`). Precision engines never 
 they swap those modules by name after construction (bench/precision/engines.py), which is why
 the names are part of the contract and why nothing here calls `F.linear` on raw weights.
 
-The forward optionally takes a KV cache (bench/generation/kvcache.py) so the generator engine can
+The forward optionally takes a KV cache (bench/models/kvcache.py) so the generator engine can
 decode incrementally with its own copy of the model; with no cache, it is the trainer's forward.
 """
 from __future__ import annotations

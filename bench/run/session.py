@@ -14,7 +14,7 @@ bookkeeping, so a recipe's loop is only its step:
                 break
     return s.finish()
 
-Where the time goes (bench/timing.py, docs/timing.md): the session owns the step's PhaseTimer and
+Where the time goes (bench/perf/timing.py, docs/timing.md): the session owns the step's PhaseTimer and
 EnergyMeter. `end_step` times the policy's watch (`monitor`), the eval and the checkpoint of the
 step inside it, then closes the step and logs its row LAST, so `train/step_time_s` and the
 `time/*` split include them. Collectives called through `torch.distributed.<name>` anywhere in
@@ -35,16 +35,18 @@ from typing import Callable
 import torch
 from omegaconf import OmegaConf
 
-from bench import checkpoint as ckpt
-from bench import distributed, rundir, runlock
+from bench.train import checkpoint as ckpt
+from bench.train import distributed
+from bench.run import rundir
+from bench.core import lock as runlock
 from bench.config import pick_device, validate  # noqa: F401  (pick_device: re-exported)
-from bench.energy import EnergyMeter
-from bench.errors import BadInput
-from bench.events import Event
-from bench.logger import NullLogger, RunLogger
-from bench.model import ModelConfig
+from bench.perf.energy import EnergyMeter
+from bench.core.errors import BadInput
+from bench.core.events import Event
+from bench.run.logger import NullLogger, RunLogger
+from bench.models.decoder import ModelConfig
 from bench.numerics.policy import InstabilityPolicy
-from bench.timing import PhaseTimer, TimingConfig, check_config, timed_collectives
+from bench.perf.timing import PhaseTimer, TimingConfig, check_config, timed_collectives
 
 
 def typed(schema, node, what: str):
@@ -166,7 +168,7 @@ class Session:
         self.timer.begin_step(step)
 
     def phase(self, name: str):
-        """`with s.phase("update"):` times the block into the open step (bench/timing.py)."""
+        """`with s.phase("update"):` times the block into the open step (bench/perf/timing.py)."""
         return self.timer.phase(name)
 
     def end_step(self, step: int, metrics: dict, halt: bool, evaluate: Callable[[int], dict],
@@ -274,7 +276,7 @@ class Session:
         regressions = self.policy.eval_regressions if self.policy is not None else []
         self.summary.update({"status": status, "steps_completed": step, "eval_regressions": regressions})
         # A failed rank may be alone here: no collective, this rank's energy only.
-        self.energy_final = self.energy.run_summary(self.dist if status != "failed" else None)
+        self.energy_final = self.energy.run_summary(self.dist if status != "failed" else None, distributed.mean)
         self.write_summary()
         code = {"completed": 0, "preempted": 0, "diverged": 1}.get(status, 1)
         self.log.close(code)

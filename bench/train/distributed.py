@@ -90,7 +90,7 @@ def timed_allreduce_hook(group, bucket):
     default hook does: divide the bucket by the world size, launch an async all-reduce, and let the
     reducer wait for it at the end of backward, so the transfer overlaps the remaining backward.
     An overlapped interval is not a phase of its own (phases are disjoint intervals of the step),
-    so on steps whose phases are device-honest (bench.timing.device_honest: CPU, or a sampled CUDA
+    so on steps whose phases are device-honest (bench.perf.timing.device_honest: CPU, or a sampled CUDA
     step) the all-reduce runs BLOCKING inside `phase("comm")`: comm then holds each bucket's full
     transfer plus the wait for the slowest rank, and `update` holds the compute only. The price is
     the overlap on those steps (on CPU/gloo small: one 25 MB bucket holds a small model's grads, so
@@ -98,7 +98,7 @@ def timed_allreduce_hook(group, bucket):
     own async path, untimed (charged to `update`), so the run keeps its overlap. The hook runs on
     the autograd thread while the main thread waits in backward(), so the timer's phase stack is
     still used by one thread at a time. Mean, not sum: as DDP's default (`allreduce_hook`)."""
-    from bench.timing import device_honest, phase
+    from bench.perf.timing import device_honest, phase
 
     group = group if group is not None else dist.group.WORLD
     buf = bucket.buffer()

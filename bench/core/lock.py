@@ -21,7 +21,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.errors import BadInput
+from bench.core.errors import BadInput
 
 LOCK_NAME = ".lock"
 

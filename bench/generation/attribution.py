@@ -79,7 +79,7 @@ def attribute_step(run_dir, step: int, model, context, generator, tokens: torch.
     """In-run attribution of one GRPO step (attribution.interval): the first `rows` rows, the
     batch one generate() call sampled (batch-size-dependent kernels need the same batch), appended
     to run_dir/attribution.jsonl. Returns the `attrib/*` metrics."""
-    from bench.rundir import JsonlWriter
+    from bench.core.jsonl import JsonlWriter
 
     rec = attribute(model, context, generator, tokens[:rows], mask[:rows], prompt_len, use_kv_cache, temperature,
                     threshold)

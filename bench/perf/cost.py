@@ -8,7 +8,7 @@ change against the baseline, for the compare report and its verdict (issue 18, i
 Reads metrics.jsonl rows (DESIGN §4) and summary.json only; imports neither torch nor numpy.
 
 Which steps. On an asynchronous device only steps with `time/synced` = 1 split the step honestly
-(bench/timing.py), so the phase figures are means over those; rows without the key (older runs)
+(bench/perf/timing.py), so the phase figures are means over those; rows without the key (older runs)
 count as synced. The first `skip` logged steps are left out (allocator growth, lazy init,
 compile). Means, not medians: phase means add up to the mean step, and the eval and checkpoint
 steps a schedule contains are part of what the run costs (compare runs of the same schedule).
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from statistics import fmean
 
-from bench.timing import PHASES
+from bench.perf.timing import PHASES
 
 ROLLOUT = ("rollout_prefill", "rollout_decode")
 
