@@ -9,16 +9,18 @@ serves the module (start-up costs seconds); the processed-logprobs test starts a
 Skipped unless scripts/setup_vllm.sh has installed the vLLM venv.
 """
 import math
+import re
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
-from bench.generation.vllm_client import VLLMEngine, export_hf_dir, vllm_available
+from bench.generation.vllm_client import VLLMEngine, VLLMError, export_hf_dir, vllm_available
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-if not vllm_available():
-    pytest.skip("vLLM backend not installed: run scripts/setup_vllm.sh", allow_module_level=True)
 transformers = pytest.importorskip("transformers")
+NOT_INSTALLED = "vLLM backend not installed: run scripts/setup_vllm.sh"
 
 TOL = 1e-4  # fp32 engine vs fp32 HF: different kernels, same precision
 PROMPTS = [[1, 17, 42, 99, 7], [1, 200, 3], [1, 5, 6, 7, 8, 9, 10, 11]]
@@ -61,6 +63,8 @@ def max_abs_diff(a, b):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
+    if not vllm_available():
+        pytest.skip(NOT_INSTALLED)
     d = tmp_path_factory.mktemp("tiny-llama")
     tiny_llama().save_pretrained(d, safe_serialization=True)
     return d
@@ -70,6 +74,21 @@ def model_dir(tmp_path_factory):
 def engine(model_dir):
     with VLLMEngine(model_dir, dtype="float32", logprobs_mode="raw", max_model_len=256) as eng:
         yield eng
+
+
+def test_missing_venv_is_one_line_naming_the_setup_script(tmp_path):
+    with pytest.raises(VLLMError, match="^vLLM backend not installed: .*scripts/setup_vllm.sh$"):
+        VLLMEngine(tmp_path, python=tmp_path / "no-venv" / "bin" / "python")
+
+
+def test_unsupported_precision_is_refused_with_one_line(model_dir):
+    with pytest.raises(VLLMError) as err:  # vLLM's fp8 weight quantization needs bf16/fp16
+        VLLMEngine(model_dir, dtype="float32", quantization="fp8", max_model_len=256)
+    msg = str(err.value)
+    assert "\n" not in msg and "float32 is not supported for quantization method fp8" in msg
+    log_dir = re.search(r"\(log: (.+)\)$", msg)  # a failed start keeps the worker's log
+    if log_dir:
+        shutil.rmtree(Path(log_dir.group(1)).parent, ignore_errors=True)
 
 
 def test_engine_reports_its_precision(engine):
