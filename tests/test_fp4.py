@@ -8,10 +8,10 @@ import torch
 
 import fp4_reference as ref
 from bench.core.errors import BadInput
-from bench.precision.fp4 import (E2M1_MAX, fake_quantize_fp4, fp4_shape_error, get_fp4_recipe, quantize_fp4,
+from bench.precision.formats.e2m1 import (E2M1_MAX, fake_quantize_fp4, fp4_shape_error, get_fp4_recipe, quantize_fp4,
                                  round_e2m1, round_e2m1_stochastic, validate_fp4_linear)
-from bench.precision.fp4_stats import fp4_quant_stats, zero_block_event
-from bench.precision.hadamard import TE_WGRAD_SIGNS, rht, rht_inverse, rht_matrix
+from bench.precision.stats import quant_stats as fp4_quant_stats, zero_block_event
+from bench.precision.formats.hadamard import TE_WGRAD_SIGNS, rht, rht_inverse, rht_matrix
 
 ROLES = ("input", "weight", "grad_output")
 NV = {"nvfp4": "nvfp4", "nvfp4_1d_weights": {"name": "nvfp4", "weight_2d": False}}

@@ -7,8 +7,8 @@ import torch.nn as nn
 
 import fp4_reference as ref
 from bench.core.errors import BadInput
-from bench.precision.inference import InferenceLinear as FP8InferenceLinear
-from bench.precision.fp4_inference import FP4InferenceLinear
+from bench.precision.linears.inference import InferenceLinear as FP8InferenceLinear
+from bench.precision.linears.inference import InferenceLinear as FP4InferenceLinear
 
 
 def batch(seed=0):

@@ -9,10 +9,10 @@ import torch.nn as nn
 import fp4_reference as ref
 from bench.core.errors import BadInput
 from bench.precision import fake_quantize
-from bench.precision.fp4 import fake_quantize_fp4
-from bench.precision.fp4_linear import ReferenceFP4Linear, convert_to_fp4
-from bench.precision.recipes import unsupported_linear
-from bench.precision.fp4_stats import FP4_KEYS
+from bench.precision.formats.e2m1 import fake_quantize_fp4
+from bench.precision.linears.reference import ReferenceLinear as ReferenceFP4Linear, convert_reference as convert_to_fp4
+from bench.precision.formats.base import unsupported_linear
+from bench.precision.formats.e2m1 import FP4_KEYS
 
 M, K, N = 40, 64, 48   # M is not a multiple of 16: the wgrad operands are zero-padded to 48 tokens
 

@@ -16,8 +16,8 @@ from bench.models.decoder import ModelConfig, Transformer, token_logprobs
 from bench.numerics.monitor import NumericsMonitor
 from bench.numerics.policy import InstabilityPolicy, PolicyConfig
 from bench.precision import RECIPES, fake_quantize
-from bench.precision.fp4_inference import FP4InferenceLinear
-from bench.precision.fp4_linear import ReferenceFP4Linear
+from bench.precision.linears.inference import InferenceLinear as FP4InferenceLinear
+from bench.precision.linears.reference import ReferenceLinear as ReferenceFP4Linear
 from bench.precision.mixed import autocast_context
 from bench.precision.plan import apply_precision, plan_precision
 from helpers import CONF, compose_cfg, read_jsonl, run_cli, run_in_process
@@ -164,7 +164,7 @@ def test_zero_block_frac_above_the_policy_threshold_is_an_underflow_event():
 
 def test_an_outlier_that_sets_the_global_scale_flushes_blocks_and_the_monitor_sees_it():
     from bench.precision import quantize
-    from bench.precision.fp4_stats import fp4_quant_stats
+    from bench.precision.stats import quant_stats as fp4_quant_stats
 
     x = torch.randn(32, 64) * 1e-3
     x[0, 0] = 1e4  # g = 2688/1e4: blocks with amax < 2^-10·1e4/448 ≈ 0.022 get a zero decode scale

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from bench.precision import RECIPES, ReferenceFP8Linear
+from bench.precision import RECIPES, ReferenceLinear as ReferenceFP8Linear
 from helpers import read_jsonl, run_in_process
 
 TINY = ["model.n_layers=2", "batch_size=16", "eval_problems=16"]

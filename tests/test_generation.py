@@ -7,7 +7,7 @@ from bench.core.errors import BadInput
 from bench.generation import Generator, KVCache, truncate_logits
 from bench.models.decoder import ModelConfig, Transformer, token_logprobs
 from bench.precision import fake_quantize
-from bench.precision.inference import InferenceLinear
+from bench.precision.linears.inference import InferenceLinear
 from bench.precision.plan import select_fp8_modules
 from bench.precision.mixed import autocast_context
 from bench.rl.mismatch import mismatch_metrics

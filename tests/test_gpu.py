@@ -5,9 +5,9 @@ import dataclasses
 import pytest
 import torch
 
-from bench.precision import RECIPES, ReferenceFP8Linear
-from bench.precision.gemm import scaled_gemm
-from bench.precision.quantize import quantize
+from bench.precision import RECIPES, ReferenceLinear as ReferenceFP8Linear
+from bench.precision.linears.gemm import scaled_gemm
+from bench.precision.formats.base import quantize
 
 pytestmark = pytest.mark.gpu
 FP8_CAPABLE = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
@@ -71,7 +71,7 @@ def test_transformer_engine_runs_delayed_scaling_when_installed():
 def test_inference_linear_runs_the_shared_dispatcher_on_cuda(recipe):
     """W8A8 through the one scaled-GEMM dispatcher (real _scaled_mm on CUDA) against the float64
     product of the dequantized operands."""
-    from bench.precision.inference import InferenceLinear
+    from bench.precision.linears.inference import InferenceLinear
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(512, 256, bias=False, device="cuda")

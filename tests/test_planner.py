@@ -12,7 +12,8 @@ import torch.nn as nn
 from bench.core.errors import BadInput
 from bench.models.decoder import ModelConfig, Transformer
 from bench.precision import RECIPES, plan_precision, apply_precision, quantize
-from bench.precision.quantize import Quantized, QUANTIZERS, register_quantizer
+from bench.precision.formats.base import QUANTIZERS, register_quantizer
+from bench.precision.formats.fp8 import Quantized
 from bench.precision.recipes import SCALINGS, register_recipe
 from bench.precision.engines import ENGINES, choose_engine
 from bench.precision.formats import FORMATS
@@ -203,7 +204,7 @@ def test_every_cast_counts_its_clamped_elements_excluding_nonfinite_ones():
     x[0, 0], x[1, 1] = float("inf"), float("nan")
     x[2, 2] = 1e38  # finite, but x·s overflows fp32 to inf: still one clamped element
     r = RECIPES["fp8_delayed"]
-    from bench.precision.quantize import AmaxHistory
+    from bench.precision.formats.fp8_scales import AmaxHistory
 
     h = AmaxHistory(r.amax_history_len)
     h.update(torch.tensor(h_amax))
@@ -215,7 +216,7 @@ def test_every_cast_counts_its_clamped_elements_excluding_nonfinite_ones():
 
 
 def test_reference_linear_accumulates_counts_per_role_over_forward_and_backward():
-    from bench.precision.linear import ReferenceFP8Linear
+    from bench.precision.linears.reference import ReferenceLinear as ReferenceFP8Linear
 
     torch.manual_seed(0)
     mod = ReferenceFP8Linear.from_linear(nn.Linear(64, 32, bias=False), "fp8_delayed", "l")
@@ -230,7 +231,7 @@ def test_reference_linear_accumulates_counts_per_role_over_forward_and_backward(
 
 
 def test_eval_forwards_are_not_counted_as_a_training_steps_casts():
-    from bench.precision.linear import ReferenceFP8Linear
+    from bench.precision.linears.reference import ReferenceLinear as ReferenceFP8Linear
 
     mod = ReferenceFP8Linear.from_linear(nn.Linear(64, 32, bias=False), "fp8_delayed", "l")
     mod.hist["input"].update(torch.tensor(1e-3))
@@ -246,7 +247,7 @@ def test_eval_forwards_are_not_counted_as_a_training_steps_casts():
 def test_clamp_count_at_the_format_max_boundary(top, expect):
     """s = 448 from a history amax of 1: x = 1 lands exactly on max (not clamped), the next fp32
     above it lands above max (clamped): the count follows the fp32 product the cast computes."""
-    from bench.precision.quantize import AmaxHistory
+    from bench.precision.formats.fp8_scales import AmaxHistory
 
     r = RECIPES["fp8_delayed"]
     h = AmaxHistory(r.amax_history_len)

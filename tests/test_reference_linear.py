@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.precision import RECIPES, ReferenceFP8Linear, get_recipe, quant_stats, quantize
+from bench.precision import RECIPES, ReferenceLinear as ReferenceFP8Linear, get_recipe, quant_stats, quantize
 from test_quantize import ref_quantize
 
 U32 = 2.0 ** -24  # fp32 unit roundoff

@@ -40,7 +40,7 @@ def monitor_overhead(recipe: str = "fp8_delayed", engine: str = "reference", rou
     """Mean step time per row (module docstring) and the two overhead ratios."""
     from bench.benchmarks.throughput import train_row  # the shared timing loop
 
-    qmod = sys.modules["bench.precision.quantize"]
+    qmod = sys.modules["bench.precision.formats.fp8"]
     real_can_clamp = qmod.can_clamp
     a = argparse.Namespace(warmup=warmup, steps=steps, batch=batch, seq_len=cfg.max_seq_len)
     rows = {"uncounted": 0, "off": 0, "default": interval}

@@ -177,7 +177,7 @@ def install_kernels(model: nn.Module, kcfg: KernelConfig, cd: torch.dtype, quant
     model.lm_head_fp32 = bool(lm_head_fp32)
     quantized = dict(quantized)
     if fp8 and kcfg.fp8_activation_scaling == "per_token":
-        from bench.precision.inference import InferenceLinear  # the FP8 one (FP4 Linears keep their scales)
+        from bench.precision.linears.inference import FP8InferenceLinear as InferenceLinear  # FP4 Linears keep their scales
         for name, mod in list(quantized.items()):
             if not isinstance(mod, InferenceLinear):
                 continue

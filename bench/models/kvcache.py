@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 
 from bench.precision.formats import FORMATS
-from bench.precision.quantize import max_over
+from bench.precision.formats.fp8_scales import max_over
 
 E4M3 = FORMATS["e4m3"]
 

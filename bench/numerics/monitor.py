@@ -9,13 +9,13 @@ Where the numbers come from:
                     with the scales it actually used (for fp8_delayed that is the stale history
                     scale: exactly how delayed scaling overflows when activations jump).
   torchao / te      their quantizers are opaque, so hooks apply the recipe's own quantizer
-                    (bench.precision.quantize) to the same tensors (current scaling).
+                    (bench.precision.formats.base.quantize) to the same tensors (current scaling).
 Shadow recipes: on the same sampled steps, every Linear's tensors are also pushed through other
 recipes (`numerics/shadow/<recipe>/<role>/...` aggregates), so one bf16 run predicts how each
 FP8 recipe would fare on it.
 
-FP4 recipes (nvfp4, mxfp4): the FP4 linear reports bench.precision.fp4_stats.fp4_quant_stats,
-which adds `scale_sat_frac` (block decode scales clamped at 448 / outside E8M0) and
+FP4 recipes (nvfp4, mxfp4): the reference linear reports bench.precision.stats.quant_stats in
+the FP4 format's keys, which add `scale_sat_frac` (block decode scales clamped at 448 / outside E8M0) and
 `zero_block_frac` (blocks flushed whole to zero) to the stats above; they are logged per module
 and as the aggregates `numerics/{scale_sat_frac_max,zero_block_frac_max}`. The policy raises a
 zero_block_frac above `policy.zero_block_frac` as an `underflow` event (stat zero_block_frac).
@@ -37,8 +37,8 @@ import torch
 import torch.nn as nn
 
 from bench.precision.formats import FORMATS
-from bench.precision.fp4_stats import fp4_quant_stats
-from bench.precision.quantize import AmaxHistory, quantize
+from bench.precision.formats.base import quantize
+from bench.precision.formats.fp8_scales import AmaxHistory
 from bench.precision.recipes import ScalingRecipe, get_recipe
 from bench.precision.stats import quant_stats
 
@@ -47,12 +47,9 @@ FP4_STATS = ("scale_sat_frac", "zero_block_frac")  # logged where a record has t
 
 
 def _cast_stats(x2: torch.Tensor, recipe: ScalingRecipe, role: str, history: AmaxHistory | None = None) -> dict:
-    """The stats of casting x2 with `recipe` in `role`: FP8 (quant_stats) or FP4 (fp4_quant_stats,
-    told apart by the E2M1 element format, which FORMATS does not hold)."""
-    q = quantize(x2, recipe, role, history=history)
-    if recipe.format_for(role) not in FORMATS:
-        return fp4_quant_stats(x2, q)
-    return quant_stats(x2, q, FORMATS[recipe.format_for(role)])
+    """The stats of casting x2 with `recipe` in `role`, in the keys of the recipe's format
+    (FP8, FP4: bench.precision.stats)."""
+    return quant_stats(x2, quantize(x2, recipe, role, history=history))
 
 
 def _as_2d(x: torch.Tensor) -> torch.Tensor:

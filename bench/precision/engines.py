@@ -1,17 +1,18 @@
 """Engines: who executes a scaling recipe, for the trainer and for the generator. One registry.
 
-  reference  (trainer)   bench/precision/linear.py, the project's own FP8 linear: the numerics
-                         ground truth, runs every registered recipe on CPU and GPU
+  reference  (trainer)   bench/precision/linears/reference.py, the project's own fake-quant linear:
+                         the numerics ground truth, runs every registered format on CPU and GPU
   torchao    (trainer)   torchao.float8 training (tensorwise, rowwise); emulate=True on CPU, real
                          FP8 GEMMs on sm89+. torchao has no delayed or 128x128-blockwise recipe here
   te         (trainer)   Transformer Engine (bench/precision/te.py: knob mapping, capability checks)
-  inference  (generator) bench/precision/inference.py: weights quantized once per refit, W8A8 or
-                         weights-only W8A16; runs every registered recipe (FP4: W4A4 / W4A16
-                         through bench/precision/fp4_inference.py, registered converters)
+  inference  (generator) bench/precision/linears/inference.py: weights quantized once per refit,
+                         W8A8 or weights-only W8A16 (FP4: W4A4 / W4A16); runs every registered format
 `auto` picks, per side, the first engine in registry order that is available here and runs the
 recipe exactly as configured: te > torchao > reference for the trainer, inference for the
 generator. An engine only swaps Linears (by stable dotted name) and provides a forward context;
-the planner (bench/precision/plan.py) decides which Linears, for every engine alike.
+the planner (bench/precision/plan.py) decides which Linears, for every engine alike. A format no
+GPU engine here runs says why (`QuantFormat.gpu_reason`, FP4: no Blackwell GEMMs wired in): te and
+torchao are refused with that line on every device, and `auto` passes over them.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import logging
 import torch
 
 from bench.core.errors import BadInput
+from bench.precision.formats.base import format_of
 from bench.precision.recipes import ScalingRecipe
 from bench.precision.te import TransformerEngine
 
@@ -50,34 +52,13 @@ class Engine:
         return contextlib.nullcontext()
 
 
-# Linears of a registered scaling that the FP8 modules cannot run (FP4: E2M1 elements, block decode
-# scales): scaling -> convert(model, plan) for the reference engine (trainer) and the inference
-# engine (generator). Filled by the module that defines them (bench/precision/fp4_registry.py).
-TRAINER_CONVERTERS: dict = {}
-GENERATOR_CONVERTERS: dict = {}
-# Scalings no GPU engine here runs, with the one line that says why (a GPU engine asked for them is
-# refused with it, and `auto` passes over it to the reference engine).
-GPU_UNSUPPORTED: dict[str, str] = {}
-
-
-def register_converters(scaling: str, trainer, generator, gpu_reason: str | None = None) -> None:
-    """The swap functions for one scaling's Linears (trainer: the reference engine; generator: the
-    inference engine), each convert(model, plan); gpu_reason: why torchao/te cannot run it."""
-    TRAINER_CONVERTERS[scaling], GENERATOR_CONVERTERS[scaling] = trainer, generator
-    if gpu_reason:
-        GPU_UNSUPPORTED[scaling] = gpu_reason
-
-
 class ReferenceEngine(Engine):
     name = "reference"
 
     def convert(self, model, plan):
-        from bench.precision.linear import ReferenceFP8Linear
+        from bench.precision.linears.reference import convert_reference
 
-        if plan.recipe.scaling in TRAINER_CONVERTERS:
-            return TRAINER_CONVERTERS[plan.recipe.scaling](model, plan)
-        for n in plan.fp8_modules:
-            model.set_submodule(n, ReferenceFP8Linear.from_linear(model.get_submodule(n), plan.recipe, n))
+        convert_reference(model, plan.recipe, plan.fp8_modules)
 
 
 def _cast_to_autocast_dtype(module, args):
@@ -93,7 +74,7 @@ def _cast_to_autocast_dtype(module, args):
 
 class TorchAOEngine(Engine):
     name = "torchao"
-    gpu = True  # a real low-precision GEMM library (GPU_UNSUPPORTED applies)
+    gpu = True  # a real low-precision GEMM library (the format's gpu_reason applies)
     SCALINGS = {"tensorwise": "tensorwise", "rowwise": "rowwise"}
 
     def unavailable(self, device):
@@ -135,10 +116,8 @@ class InferenceEngine(Engine):
         return None
 
     def convert(self, model, plan):
-        from bench.precision.inference import InferenceLinear
+        from bench.precision.linears.inference import InferenceLinear
 
-        if plan.recipe.scaling in GENERATOR_CONVERTERS:
-            return GENERATOR_CONVERTERS[plan.recipe.scaling](model, plan)
         for n in plan.fp8_modules:
             model.set_submodule(n, InferenceLinear.from_linear(model.get_submodule(n), plan.recipe, n,
                                                                weights_only=plan.weights_only))
@@ -149,8 +128,9 @@ ENGINES: dict[str, Engine] = {e.name: e for e in (TransformerEngine(), TorchAOEn
 
 
 def _why_not(eng, recipe: ScalingRecipe, device: torch.device, weights_only: bool) -> str | None:
-    if getattr(eng, "gpu", False) and recipe.scaling in GPU_UNSUPPORTED:  # the reason that holds on every device
-        return GPU_UNSUPPORTED[recipe.scaling]
+    gpu_reason = format_of(recipe).gpu_reason
+    if getattr(eng, "gpu", False) and gpu_reason:  # the reason that holds on every device
+        return gpu_reason
     return eng.unavailable(device) or eng.unsupported(recipe, device, weights_only)
 
 

@@ -24,7 +24,8 @@ import torch.nn as nn
 from bench.core.errors import BadInput
 from bench.precision.engines import SIDES, Engine, choose_engine
 from bench.precision.mixed import HIGH_PRECISION, compute_dtype, is_fp8
-from bench.precision.recipes import RECIPES, ScalingRecipe, get_recipe, unsupported_linear
+from bench.precision.formats.base import format_of, unsupported_linear
+from bench.precision.recipes import RECIPES, ScalingRecipe, get_recipe
 
 # The one place of the planning keys' defaults: the config schema (bench/config/schema.py) reads
 # them from here, and callers that pass a bare name or a partial dict get the same values.
@@ -73,7 +74,7 @@ class PrecisionPlan:
     def row(self) -> tuple[str, ...]:
         """(recipe, engine, FP8 Linears, high-precision Linears, compute dtype) for the table."""
         r = self.recipe
-        wo = "W4A16 " if r is not None and r.fwd_format == "e2m1" else "W8A16 "
+        wo = f"{format_of(r).inference_kind[1]} " if r is not None else ""
         kind = (wo if self.weights_only else "") + (f"{r.scaling}: {r.fwd_format}/{r.grad_format}" if r else "")
         fp8 = f"{len(self.fp8_modules)} ({kind})" if r else "0"
         hp = ", ".join(self.kept_modules + [f"{n} (fallback@{s})" for n, s in self.fallbacks.items()]) if r else "all"

@@ -1,6 +1,6 @@
-"""Scaling recipe definitions (DESIGN.md §5): the knobs, and the named defaults. FP8 here; the FP4
-recipes nvfp4 and mxfp4 are registered by bench/precision/fp4_registry.py (E2M1 elements, their
-own quantizer and linears).
+"""Scaling recipe definitions (DESIGN.md §5): the knobs, and the one registry of named recipes. The
+FP8 defaults are listed here; every other format registers its own next to its quantizer
+(bench/precision/formats/nvfp4.py and mxfp4.py: nvfp4, mxfp4, E2M1 elements).
 
 | name           | scaling    | granularity                                  | fwd / grad  |
 |----------------|------------|----------------------------------------------|-------------|
@@ -11,10 +11,10 @@ own quantizer and linears).
 | mxfp8          | mx         | 1x32 blocks, E8M0 (power-of-two) scale       | E4M3 / E4M3 |
 
 "Recipe" in bench/precision always means a *scaling recipe* (this module's `ScalingRecipe`), not
-an entry point under recipes/. The registry is open: a new recipe (e.g. nvfp4, mxfp4) is one
-`register_recipe(name, scaling, formats, ...)` call plus one `register_quantizer(scaling, fn)` call in
-bench.precision.quantize, made by the module that defines the quantizer; the planner, the engines
-and the generator take it from there with no other change.
+an entry point under recipes/. The registry is open: a new recipe is one
+`register_recipe(name, scaling, formats, ...)` call plus its quantizer, registered by the module
+that defines it (`bench.precision.formats.base.register_format` does both for a whole format); the
+planner, the engines, the linears and the generator take it from there with no other change.
 
 Finer granularity isolates outliers: one large value only coarsens its own row/tile instead of
 the whole tensor, which is why the fine-grained recipes can afford E4M3 (more precision, less
@@ -55,7 +55,7 @@ class ScalingRecipe:
     mx_block: int = 32                # mx: 1 x mx_block blocks along the reduction dim
     mx_scale_rounding: str = "rceil"  # mx: rceil (TE, hardware cast; never saturates) | floor (OCP MX v1.0)
     fast_accum: bool = True           # CUDA forward GEMM only: fp8 tensor-core fast accumulation
-    # FP4 training switches (nvfp4, mxfp4: bench/precision/fp4.py; no effect on the FP8 scalings)
+    # FP4 training switches (nvfp4, mxfp4: bench/precision/formats/e2m1.py; no effect on the FP8 scalings)
     weight_2d: bool = False           # nvfp4: weights in 16x16 tiles (else 1x16 along K)
     rht: bool = False                 # 16-point random Hadamard transform on the wgrad operands
     stochastic_rounding: bool = False # gradients (grad_output) rounded stochastically
@@ -99,7 +99,7 @@ RECIPES: dict[str, ScalingRecipe] = {r.name: r for r in (
 def register_recipe(name: str, scaling: str, fwd_format: str, grad_format: str, **fields) -> ScalingRecipe:
     """Add a named recipe to the registry, admitting its scaling and element formats as valid
     choices first (a recipe is validated when it is built). The quantizer for a new scaling is
-    registered separately, next to its code (bench.precision.quantize.register_quantizer)."""
+    registered separately, next to its code (bench.precision.formats.base.register_format)."""
     for f in (fwd_format, grad_format):
         if f not in FORMAT_NAMES:
             FORMAT_NAMES.append(f)
@@ -155,40 +155,3 @@ def get_recipe(spec) -> ScalingRecipe:
     if name not in RECIPES:
         raise ValueError(f"unknown FP8 recipe {name!r}; valid: {', '.join(RECIPES)}")
     return dataclasses.replace(RECIPES[name], **fields)
-
-
-# A registered scaling may bring its own shape rule (fn(recipe, out_features, in_features) -> why
-# or None), used by validate_shape instead of the FP8 rules below (the FP4 block rules, fp4.py).
-SHAPE_CHECKS: dict = {}
-
-
-def validate_shape(recipe, out_features: int, in_features: int) -> str | None:
-    """Why a Linear [out_features, in_features] cannot run this recipe, or None if it can.
-
-    Every FP8 recipe: both dims divisible by 16 (FP8 tensor-core GEMM operand alignment; each
-    dim is the reduction dim of some GEMM: K in forward and wgrad's output, N in dgrad).
-    mxfp8: both dims divisible by mx_block, so every MX block along a reduction dim is full (the
-    hardware block-scaled GEMMs have no partial blocks). The token dim M is padded by the engines
-    and not checked here."""
-    r = get_recipe(recipe)
-    if r.scaling in SHAPE_CHECKS:
-        return SHAPE_CHECKS[r.scaling](r, out_features, in_features)
-    bad = [f"{n}={v}" for n, v in (("in_features", in_features), ("out_features", out_features)) if v % 16]
-    if bad:
-        return f"FP8 GEMMs need in_features and out_features divisible by 16 ({', '.join(bad)})"
-    if r.scaling == "mx":
-        bad = [f"{n}={v}" for n, v in (("in_features", in_features), ("out_features", out_features)) if v % r.mx_block]
-        if bad:
-            return f"{r.name} needs in_features and out_features divisible by mx_block={r.mx_block} ({', '.join(bad)})"
-    return None
-
-
-def unsupported_linear(model, recipe, names) -> str | None:
-    """The first of the Linears `names` (dotted, in `model`) that `recipe` cannot run, as
-    '<name> [out x in] cannot run <recipe>: <why>', or None when all of them can."""
-    r = get_recipe(recipe)
-    for name in names:
-        mod = model.get_submodule(name)
-        if (reason := validate_shape(r, mod.out_features, mod.in_features)):
-            return f"{name} [{mod.out_features}x{mod.in_features}] cannot run {r.name}: {reason}"
-    return None

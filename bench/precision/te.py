@@ -96,7 +96,7 @@ class TransformerEngine:
     """Transformer Engine modules under te.fp8_autocast with the mapped recipe; CUDA only."""
     name = "te"
     sides = ("trainer",)
-    gpu = True  # a real low-precision GEMM library (engines.GPU_UNSUPPORTED applies)
+    gpu = True  # a real low-precision GEMM library (the format's gpu_reason applies, engines.py)
 
     def unavailable(self, device: torch.device) -> str | None:
         if device.type != "cuda":

@@ -1,16 +1,20 @@
-"""The inference linear the generator's precision engine swaps in: W8A8 (FP8 weights and FP8
-activations) or, with `weights_only`, W8A16 (FP8 weights, activations in the compute dtype).
+"""The inference linear the generator's precision engine swaps in, one for every format: W8A8 (FP8
+weights and FP8 activations; FP4: W4A4) or, with `weights_only`, W8A16 (W4A16: quantized weights,
+activations in the compute dtype, the quantization-aware-rollout setting of verl and NeMo-RL).
 
-How this differs from the trainer's FP8 linear (bench/precision/linear.py):
+How this differs from the trainer's reference linear (bench/precision/linears/reference.py):
   weights      quantized ONCE, at refit (`load_weight`), with the recipe's weight granularity
-               (per tensor, per row, 128x128 blocks, 1x32 MX blocks, or whatever a registered
-               recipe's quantizer does). Between refits the weights are constant, so
+               (per tensor, per row, 128x128 blocks, 1x32 MX blocks; nvfp4 16x16 tiles by
+               default, the same x̂_W the trainer's FP4 forward uses, `weight_2d: false` gives the
+               1x16-along-K blocks of NVFP4 inference checkpoints (ModelOpt / vLLM); or whatever a
+               registered format's quantizer does). Between refits the weights are constant, so
                re-quantizing them every forward (what training must do, because the optimizer
                moves them every step) would only cost time.
   activations  W8A8: quantized on every call with the recipe's input granularity, from the
                autocast dtype (bf16) the activations live in, like the trainer. W8A16: not
                quantized (the quantization-aware-rollout setting, DESIGN.md §5).
-  no backward  no grad_output role, no saved tensors, no amax histories.
+  no backward  no grad_output role, no saved tensors, no amax histories; round to nearest even
+               everywhere (no stochastic rounding, no Hadamard transform).
 
 fp8_delayed at inference: delayed scaling exists to avoid an extra pass over tensors that
 change every training step. A generator has no amax history (the trainer's belongs to the
@@ -23,20 +27,25 @@ fly (e.g. vLLM's dynamic FP8: weight scales at load, activation scales per call)
 Per-tensor activation scales (tensorwise, delayed) see every row of the GEMM: a sequence's
 numerics then depend on its batch-mates, and a one-token decode step quantizes with a
 different scale than the full forward that scores the same token. Row-, tile- and block-wise
-scales are per token, hence batch-invariant; that difference shows in the mismatch metrics.
+scales are per token, hence batch-invariant; that difference shows in the mismatch metrics. The
+nvfp4 *global* scale sees the whole batch likewise (a one-token decode step uses a different g
+than the full forward scoring it), as the hardware does.
 
-The GEMM is bench.precision.gemm.scaled_gemm, the trainer's dispatcher. Where it multiplies
-dequantized operands (tile/block scales, W8A16) the dequantized weight is computed once per
-refit and reused (emulation buys speed with memory here; a real kernel keeps only the bytes).
-Output: the autocast dtype when autocast is on (bf16 for FP8 recipes), else the input's dtype.
+The GEMM is bench.precision.linears.gemm.scaled_gemm, the trainer's dispatcher. Where it
+multiplies dequantized operands (tile/block scales, FP4, W8A16) the dequantized weight is computed
+once per refit and reused (emulation buys speed with memory here; a real kernel keeps only the
+bytes; real FP4 GEMMs need Blackwell and are not wired in). Output: the autocast dtype when
+autocast is on (bf16 for the quantized recipes), else the input's dtype.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 import torch.nn as nn
 
-from bench.precision.gemm import scaled_gemm
-from bench.precision.quantize import Quantized, quantize
+from bench.precision.formats.base import format_of, quantize
+from bench.precision.linears.gemm import factors_out, scaled_gemm
 from bench.precision.recipes import get_recipe
 
 
@@ -51,7 +60,9 @@ class InferenceLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features, self.name = in_features, out_features, name
         self.recipe, self.weights_only = get_recipe(recipe), bool(weights_only)
-        self._w: Quantized | None = None
+        self.format = format_of(self.recipe)
+        self.format.check(self.recipe)
+        self._w = None  # the quantized weight
         self._w_hat: torch.Tensor | None = None  # fp32 x̂_W, where the GEMM runs on dequantized operands
         self._device = torch.device("cpu") if device is None else torch.device(device)
         self.weight_loads = 0  # how many times the weight was quantized (once per refit)
@@ -78,12 +89,14 @@ class InferenceLinear(nn.Module):
         if tuple(w.shape) != (self.out_features, self.in_features):
             raise ValueError(f"{self.name}: weight {tuple(w.shape)} != {(self.out_features, self.in_features)}")
         q = quantize(w.detach().to(self._device, torch.float32), self.recipe, "weight")
-        self._w = Quantized(q.data, q.scale, q.tile, q.fmt)
+        if getattr(q, "clamped", None) is not None:  # drop the cast's count: no step reads it
+            q = dataclasses.replace(q, clamped=None)
         # x̂_W is only needed where the dispatcher cannot run _scaled_mm on the FP8 bytes: scales
         # that vary along K (the weight's tile is then neither the whole tensor nor a whole row;
-        # the activation's granularity matches the weight's in every recipe), or W8A16.
-        factors = not self.weights_only and (q.tile is None or q.tile == (1, self.in_features))
+        # the activation's granularity matches the weight's in every recipe), FP4, or W8A16.
+        factors = not self.weights_only and factors_out(q, self.in_features)
         self._w_hat = None if factors else q.dequantize()
+        self._w = q if factors or self.format.keeps_codes else None
         self.weight_loads += 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,7 +107,7 @@ class InferenceLinear(nn.Module):
 
     def extra_repr(self) -> str:
         r = self.recipe
-        kind = "W8A16" if self.weights_only else "W8A8"
+        kind = self.format.inference_kind[1 if self.weights_only else 0]
         return f"{self.in_features}, {self.out_features}, recipe={r.name} ({kind} {r.scaling})"
 
 
@@ -107,7 +120,7 @@ def keep_bias(mod: nn.Module, linear: nn.Linear) -> None:
 
 
 def inference_forward(mod: nn.Module, x: torch.Tensor, gemm) -> torch.Tensor:
-    """The frame of every generator linear (FP8 and FP4): activations in the autocast dtype (bf16:
+    """The frame of the generator linear (and of the kernels' per-token one): activations in the autocast dtype (bf16:
     what the trainer's engine quantizes from too), `gemm(x2d, out_dtype)` outside autocast, then
     the bias added in the output dtype."""
     dev = x.device.type
@@ -119,3 +132,14 @@ def inference_forward(mod: nn.Module, x: torch.Tensor, gemm) -> torch.Tensor:
         if getattr(mod, "bias", None) is not None:
             y = y + mod.bias.to(out_dtype)
     return y.reshape(*shape[:-1], mod.out_features)
+
+
+class _RunsFP8(type):
+    def __instancecheck__(cls, obj) -> bool:
+        return isinstance(obj, InferenceLinear) and obj.format.name == "fp8"
+
+
+class FP8InferenceLinear(metaclass=_RunsFP8):
+    """`isinstance(m, FP8InferenceLinear)`: m is an InferenceLinear running an FP8 format, whose
+    activation casts the generator kernels' per-token FP8 scaling may replace (an FP4 linear keeps
+    its block scales). A check, not a class to build: build InferenceLinear."""

@@ -1,5 +1,5 @@
-"""The one scaled-GEMM dispatcher: a·bᵀ from quantized operands, for the trainer's FP8 linear
-(forward, dgrad, wgrad) and the generator's inference linear alike.
+"""The one scaled-GEMM dispatcher: a·bᵀ from quantized operands of any format, for the trainer's
+reference linear (forward, dgrad, wgrad) and the generator's inference linear alike.
 
 Both operands are quantized along the reduction dim K: a [M, K], b [N, K]. With per-element
 scales s_a, s_b the exact product is
@@ -14,6 +14,8 @@ Tile- and block-scaled operands (blockwise, MX, and any registered recipe with K
 change scale inside a dot product, which a plain scaled GEMM cannot express: those multiply the
 dequantized operands in fp32, the same products up to accumulation order (what a block-scaled
 kernel such as DeepGEMM or the sm100 MX GEMM computes, one K-tile partial sum at a time).
+Operands of another format (FP4: E2M1 codes with two-level block scales) take that route too:
+x̂ = q.dequantize() is what a block-scaled FP4 GEMM multiplies, up to accumulation order.
 A high-precision `a` (a plain tensor: the weights-only W8A16 generator path) takes the same
 fp32 route: the weight-only kernels (e.g. Marlin-style FP8) dequantize the weight in registers
 and accumulate in fp32.
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.precision.quantize import Quantized
+from bench.precision.formats.fp8 import Quantized
 
 
 def _scaled_mm_scales(a: Quantized, b: Quantized) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -41,14 +43,20 @@ def _scaled_mm_scales(a: Quantized, b: Quantized) -> tuple[torch.Tensor, torch.T
     return None
 
 
-def scaled_gemm(a: Quantized | torch.Tensor, b: Quantized, out_dtype: torch.dtype = torch.float32,
+def factors_out(q, k: int) -> bool:
+    """Whether a quantized weight's scales factor out of the dot products over K (per tensor, or
+    one per row), so that _scaled_mm can run on its FP8 bytes (module docstring)."""
+    return isinstance(q, Quantized) and (q.tile is None or q.tile == (1, k))
+
+
+def scaled_gemm(a, b, out_dtype: torch.dtype = torch.float32,
                 fast_accum: bool = False, use_scaled_mm: bool = True, b_hat: torch.Tensor | None = None
                 ) -> torch.Tensor:
-    """a [M,K] (quantized, or high precision), b [N,K] quantized, both along K -> a·bᵀ [M,N] in
-    `out_dtype`. fast_accum: CUDA only (the lower-precision tensor-core accumulator, tolerated
+    """a [M,K] (quantized in any format, or high precision), b [N,K] quantized, both along K ->
+    a·bᵀ [M,N] in `out_dtype`. fast_accum: CUDA only (the lower-precision tensor-core accumulator, tolerated
     in forward GEMMs). b_hat: b.dequantize() precomputed by a caller that reuses b (a frozen
     inference weight), saving the dequantisation per call."""
-    if isinstance(a, Quantized):
+    if isinstance(a, Quantized) and isinstance(b, Quantized):
         M, K = a.data.shape
         N = b.data.shape[0]
         scales = _scaled_mm_scales(a, b) if use_scaled_mm and not (M % 16 or N % 16 or K % 16) else None
@@ -61,6 +69,6 @@ def scaled_gemm(a: Quantized | torch.Tensor, b: Quantized, out_dtype: torch.dtyp
                 pass  # a shape/format/scale layout this device's kernel lacks: same math below
         a_hat = a.dequantize()
     else:
-        a_hat = a.float()
+        a_hat = a.float() if isinstance(a, torch.Tensor) else a.dequantize()
     b_hat = b.dequantize() if b_hat is None else b_hat
     return (a_hat @ b_hat.t()).to(out_dtype)

@@ -1,4 +1,5 @@
-"""FP4 (E2M1) quantizers: `nvfp4` (Transformer Engine NVFP4) and `mxfp4` (OCP MX v1.0), DESIGN.md §5.
+"""FP4 (E2M1) elements: the rounding, the quantized tensor, the quantizer frame and the format
+interface that `nvfp4` (nvfp4.py) and `mxfp4` (mxfp4.py) share, DESIGN.md §5.
 
 E2M1 is 1 sign, 2 exponent, 1 mantissa bit: magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6 (max 6, no inf,
 no NaN). Within a binade [2^k, 2^(k+1)) the grid step is 2^(k−1); below 1 (the subnormal 0.5) the
@@ -10,38 +11,36 @@ integer, which is the even mantissa bit: 0.25→0, 0.75→1, 1.25→1, 1.75→2,
 A scale here is split into a per-block *decode* scale d and a per-tensor *global encode* scale g,
 so that x̂ = q · d / g (mxfp4: g = 1, d = X). Every operand is 2-D [rows, K], K its GEMM's
 reduction dim; blocks run along K and a caller whose GEMM reduces over the other dim transposes
-first (as bench.precision.quantize does for FP8).
+first (as bench/precision/formats/fp8.py does for FP8).
 
-nvfp4 (TE NVFP4BlockScaling; the order of fp32 operations is the kernel's, see TE's
-`compute_global_encode_scaling_factor_FP4` and `compute_decoding_scaling_factor` in its NVFP4
-cast kernels and the PyTorch reference custom_recipes/quantization_ref_nvfp4.py):
-  g = 448·6 / amax(tensor)   fp32 division; min(g, FLT_MAX) (a denormal amax); 1 if amax is 0 or
-                             inf (TE's rule: amax == 0 or g == 0). A NaN amax also gives 1 here
-                             (TE's fminf would give FLT_MAX; the NaN propagates either way)
-  d = e4m3(clamp(block_amax · (g · (1/6)), ±448))   (1/6) and g·(1/6) rounded to fp32 first
-                             (older TE releases computed (block_amax·(1/6))·g: it can differ in
-                             the last bit); the cast is round-to-nearest-even onto E4M3; d is 0
-                             when block_amax·g/6 < 2^-10: the whole block is *flushed*
-                             (zero_block_frac)
-  e = 1 / (d · (1/g))        min(e, FLT_MAX): a flushed block gets e = FLT_MAX and q = ±6, and
-                             x̂ = q · 0 / g = 0, never NaN
-  q = E2M1(clamp(x · e, ±6)) RNE, or stochastic rounding (gradients, `stochastic=True`)
-  Tiles: 1x16 along K for inputs and gradients, 16x16 for weights (`weight_2d`, TE's default:
-  a square tile is the same tile in W and Wᵀ, so forward and dgrad see one weight).
-  The global amax may be passed in (`global_amax`: an amax reduced over ranks or a stale one);
-  then block_amax·g/6 may exceed 448 and the decode scale saturates (scale_sat_frac; counted
-  above 464, where the clamp changes the E4M3 value).
-mxfp4 (OCP MX v1.0; TE has no MXFP4 recipe): 1x32 blocks along K for every role, E8M0 scale
-  floor: X = 2^(floor(log2 block_amax) − 2)   (2 = emax of E2M1: 6 = 1.5·2^2). block_amax/X lies
-         in [4, 8), so elements in (6, 8)·X are clamped to 6 by design, as in mxfp8; those in
-         [7, 8)·X would have rounded to 8 and count as overflow_frac (fp4_stats)
-  rceil: X = 2^ceil(log2(block_amax / 6))    the smallest power of two that fits, never saturates
-  Exponent clamped to E8M0's −127..127; an all-zero (or non-finite) block gets X = 1.
-  q = E2M1(clamp(x / X, ±6)), x̂ = q · X: both exact (X is a power of two).
+The per-format scale formulas: nvfp4.py (TE NVFP4BlockScaling) and mxfp4.py (OCP MX v1.0).
 Non-finite elements: E2M1 has neither inf nor NaN, so an inf or NaN element bypasses the clamp and
-becomes NaN in q and x̂ (the GEMM output goes non-finite, as with E4M3 in quantize.py); a block
+becomes NaN in q and x̂ (the GEMM output goes non-finite, as with E4M3 in fp8.py); a block
 whose amax is non-finite gets the saturated decode scale 448 (nvfp4: inf·(g/6) clamps there) or
 X = 1 (mxfp4), so its finite elements are still quantized; a non-finite tensor amax gives g = 1.
+
+Stats of one cast (the format's terms of bench.precision.stats):
+  scale            nvfp4: the global encode scale g; mxfp4: the smallest block multiplier 1/X
+                   (the block with the largest amax, where resolution is coarsest)
+  overflow_frac    finite elements whose clamp to ±6 changed their E2M1 value, / numel: |x·e| >= 7,
+                   the IEEE overflow threshold (max 6 plus half the ulp 2 of its binade; 7 ties to
+                   8's even mantissa), counted in blocks that are not flushed (a flushed block has
+                   e = FLT_MAX by construction: its elements are lost to the flush, not to
+                   saturation). Why not |x·e| > 6: the E4M3 rounding of d lands below
+                   block_amax·g/6 in about half the nvfp4 blocks, putting the block's largest element
+                   up to 6.25 % over 6, where it rounds to 6 anyway; counting it would report ~3 %
+                   overflow on every tensor (over the monitor's 1e-3 event threshold) for a clamp
+                   that changes nothing. Real overflow: a stale or passed global amax (nvfp4), the
+                   top binade of mxfp4 floor ((7, 8)·X by design)
+  underflow_frac   finite non-zero elements whose x̂ is 0 (q = 0, or a flushed block)
+  scale_sat_frac   blocks whose decode scale was clamped: nvfp4 block_amax·(g·(1/6)) > 448 by more
+                   than E4M3 rounding (> 464; only with a passed or stale global amax: the tensor's
+                   own amax keeps it within an ulp of 448);
+                   mxfp4 an E8M0 exponent outside ±127. / the number of blocks
+  zero_block_frac  blocks holding a finite non-zero element whose x̂ is entirely 0, / the number of
+                   such non-zero blocks. nvfp4: exactly the blocks whose E4M3 decode scale rounds to
+                   0, block_amax < 2^-10 · amax/448: one outlier that sets g silently flushes every
+                   block more than ~2^19 smaller. The monitor raises it as an `underflow` event
 """
 from __future__ import annotations
 
@@ -50,18 +49,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from bench.core.errors import BadInput
+from bench.precision.formats.base import QuantFormat, Tile, register_format
+from bench.precision.formats.hadamard import rht
+from bench.precision.recipes import ROLES, ScalingRecipe
 
 E2M1_MAX = 6.0
 E2M1_OVERFLOW = 7.0  # max + half an ulp: with an unbounded exponent RNE would round |v| >= 7 to 8
-E4M3_MAX = 448.0
-E4M3_SAT = 464.0   # the rounding boundary above 448: larger values would round past it
-NVFP4_BLOCK = 16
-MXFP4_BLOCK = 32
 FLT_MAX = torch.finfo(torch.float32).max
-ROLES = ("input", "weight", "grad_output")
-Tile = tuple[int, int]
+FP4_KEYS = ("amax", "scale", "overflow_frac", "underflow_frac", "scale_sat_frac", "zero_block_frac",
+            "sqnr_db", "nonfinite")
+GPU_REASON = ("FP4 GEMMs (Transformer Engine NVFP4, torchao MX-FP4) need a Blackwell GPU (compute capability "
+              "10.0) and are not wired into this harness; the reference engine emulates them")
 
 
 # --- recipes -------------------------------------------------------------------------------
@@ -82,7 +83,7 @@ class FP4Recipe:
 
     @property
     def block(self) -> int:
-        return NVFP4_BLOCK if self.name == "nvfp4" else MXFP4_BLOCK
+        return FP4_FORMATS[self.name].block
 
     def __post_init__(self):
         if self.name not in FP4_DEFAULTS:
@@ -90,24 +91,24 @@ class FP4Recipe:
         if self.mx_scale_rounding not in ("floor", "rceil"):
             raise BadInput(f"precision.mx_scale_rounding={self.mx_scale_rounding!r} for {self.name}; "
                            f"valid: floor, rceil")
-        if self.name == "mxfp4" and self.weight_2d:
-            raise BadInput("precision.weight_2d=true for mxfp4; valid: false (MX blocks are 1x32 along K "
-                           "for every role)")
+        FP4_FORMATS[self.name].check_knobs(self)
 
 
-FP4_DEFAULTS = {
-    "nvfp4": dict(weight_2d=True, rht=True, stochastic_rounding=True, mx_scale_rounding="floor"),  # unused
-    "mxfp4": dict(weight_2d=False, rht=False, stochastic_rounding=False, mx_scale_rounding="floor"),
-}
+FP4_FORMATS: dict = {}  # name -> its FP4Format (nvfp4.py, mxfp4.py: `register_fp4`)
+FP4_DEFAULTS: dict[str, dict] = {}  # name -> the FP4Recipe knobs' defaults (each format's `defaults`)
 _KNOBS = {f.name: f.type for f in dataclasses.fields(FP4Recipe) if f.name != "name"}
 
 
 def get_fp4_recipe(spec) -> FP4Recipe:
-    """An FP4Recipe from a name, an FP4Recipe, or a mapping (a Hydra precision config): `name`
-    picks the defaults, the recipe's own keys override them, other keys (engine,
-    keep_high_precision, ...) are ignored. Bad values raise BadInput naming the valid choices."""
+    """An FP4Recipe from a name, an FP4Recipe, a registered FP4 ScalingRecipe (its FP4 knobs), or a
+    mapping (a Hydra precision config): `name` picks the defaults, the recipe's own keys override
+    them, other keys (engine, keep_high_precision, ...) are ignored. Bad values raise BadInput
+    naming the valid choices."""
     if isinstance(spec, FP4Recipe):
         return spec
+    if isinstance(spec, ScalingRecipe):
+        return FP4Recipe(spec.scaling, weight_2d=spec.weight_2d, rht=spec.rht,
+                         stochastic_rounding=spec.stochastic_rounding, mx_scale_rounding=spec.mx_scale_rounding)
     if isinstance(spec, str):
         name, over = spec, {}
     elif isinstance(spec, Mapping):
@@ -203,6 +204,7 @@ class FP4Quantized:
     saturated: torch.Tensor   # bool per block: decode scale clamped (nvfp4 at 448; mxfp4 E8M0 range)
     tile: Tile
     recipe: str
+    stat_keys = FP4_KEYS  # not a field
 
     def expand(self, s: torch.Tensor) -> torch.Tensor:
         """A compact per-block tensor spread over the elements (x's shape)."""
@@ -214,52 +216,39 @@ class FP4Quantized:
         one rounding (none for mxfp4, g = 1)."""
         return (self.q * self.expand(self.decode)) / self.global_encode
 
+    @property
+    def shape(self) -> torch.Size:
+        return self.q.shape
+
+    def zeros(self, xhat: torch.Tensor) -> torch.Tensor:
+        """Where x̂ is 0: q = 0, or a flushed block (bench.precision.stats: underflow_frac)."""
+        return xhat == 0
+
+    def stat_terms(self, xf: torch.Tensor, finite: torch.Tensor, nz: torch.Tensor, xhat: torch.Tensor,
+                   fmt=None) -> dict:
+        """The FP4 terms of bench.precision.stats (module docstring)."""
+        nz_blocks = _per_block_any(nz, self.tile)
+        kept_blocks = _per_block_any(nz & (xhat != 0), self.tile)
+        flushed = nz_blocks & ~kept_blocks
+        in_flushed = self.expand(flushed)
+        over = finite & ~in_flushed & ((xf * self.expand(self.encode)).abs() >= E2M1_OVERFLOW)
+        return {"scale": FP4_FORMATS[self.recipe].summary_scale(self).double(),
+                "overflow_frac": over.sum().double() / max(xf.numel(), 1),
+                "scale_sat_frac": self.saturated.sum().double() / max(self.saturated.numel(), 1),
+                "zero_block_frac": flushed.sum().double() / nz_blocks.sum().clamp(min=1).double()}
+
+
+def _per_block_any(mask: torch.Tensor, tile) -> torch.Tensor:
+    rows, cols = mask.shape
+    tr, tc = tile
+    return mask.view(rows // tr, tr, cols // tc, tc).any(dim=3).any(dim=1)
+
 
 def block_amax(x: torch.Tensor, tile: Tile) -> torch.Tensor:
     """max |x| per tile, compact layout (x's dims are multiples of the tile); NaN propagates."""
     rows, cols = x.shape
     tr, tc = tile
     return x.abs().view(rows // tr, tr, cols // tc, tc).amax(dim=(1, 3))
-
-
-def nvfp4_global_encode(amax: torch.Tensor) -> torch.Tensor:
-    """g = 448·6 / amax as an fp32 tensor / tensor division (correctly rounded; `scalar / tensor`
-    would be scalar · reciprocal, two roundings), capped at FLT_MAX, 1 for amax 0 / inf / NaN."""
-    a = amax.float()
-    g = torch.minimum(torch.full_like(a, E4M3_MAX * E2M1_MAX) / a, torch.full_like(a, FLT_MAX))
-    return torch.where((a > 0) & torch.isfinite(a), g, torch.ones_like(a))
-
-
-def nvfp4_scales(bamax: torch.Tensor, g: torch.Tensor):
-    """(d, e, saturated) per block from the block amaxes and g, in TE's fp32 order."""
-    inv6 = torch.ones((), dtype=torch.float32, device=g.device) / E2M1_MAX  # fl32(1/6)
-    raw = bamax.float() * (g * inv6)
-    # Saturated = the clamp changed d. Values in (448, 464] round to 448 in E4M3 anyway (464 is
-    # the midpoint to the next step, 480, and ties go to 448's even mantissa), and the tensor's
-    # own amax lands an fp32 ulp or two above 448 through the roundings of g and g·(1/6): that is
-    # not saturation. Above 464 the block's true decode scale does not fit E4M3.
-    saturated = raw > E4M3_SAT
-    raw = torch.where(torch.isfinite(bamax), raw, torch.full_like(raw, E4M3_MAX))
-    d = raw.clamp(max=E4M3_MAX).to(torch.float8_e4m3fn).float()
-    e = torch.ones_like(d) / (d * (torch.ones_like(g) / g))
-    return d, torch.minimum(e, torch.full_like(e, FLT_MAX)), saturated
-
-
-def mxfp4_scales(bamax: torch.Tensor, rounding: str):
-    """(X, 1/X, saturated) per block, from frexp exponents exactly (bamax = m·2^E, m in [0.5, 1)):
-      floor:  floor(log2 bamax) − 2 = E − 3
-      rceil:  ceil(log2(bamax/6)) = E − 3 + [m > 0.75]   (6 = 0.75·2^3; m/0.75 in [2/3, 4/3))
-    `saturated`: the exponent hit E8M0's ±127 limit."""
-    a = bamax.float()
-    m, ex = torch.frexp(a)
-    x_exp = ex - 3
-    if rounding == "rceil":
-        x_exp = x_exp + (m > 0.75).to(ex.dtype)
-    ok = (a > 0) & torch.isfinite(a)
-    saturated = ok & ((x_exp < -127) | (x_exp > 127))
-    x_exp = torch.where(ok, x_exp.clamp(-127, 127), torch.zeros_like(x_exp))
-    one = torch.ones_like(a)
-    return torch.ldexp(one, x_exp), torch.ldexp(one, -x_exp), saturated
 
 
 def quantize_fp4(x: torch.Tensor, recipe="nvfp4", role: str = "input", *, stochastic: bool = False,
@@ -274,12 +263,7 @@ def quantize_fp4(x: torch.Tensor, recipe="nvfp4", role: str = "input", *, stocha
     tile = fp4_tile(r, role)
     xf = x.detach().float()
     bamax = block_amax(xf, tile)
-    if r.name == "nvfp4":
-        g = nvfp4_global_encode(xf.abs().amax() if global_amax is None else global_amax.detach().float())
-        d, e, sat = nvfp4_scales(bamax, g)
-    else:
-        d, e, sat = mxfp4_scales(bamax, r.mx_scale_rounding)
-        g = torch.ones((), dtype=torch.float32, device=xf.device)
+    d, e, sat, g = FP4_FORMATS[r.name].block_scales(xf, bamax, r, global_amax)
     qin = FP4Quantized(xf, d, e, g, sat, tile, r.name)
     v = (xf * qin.expand(e)).clamp(-E2M1_MAX, E2M1_MAX)
     q = round_e2m1_stochastic(v, generator) if stochastic else round_e2m1(v)
@@ -293,3 +277,65 @@ def fake_quantize_fp4(x: torch.Tensor, recipe="nvfp4", role: str = "input") -> t
     GEMM would consume for x [rows, K] in this role, with the tensor's own global scale, round to
     nearest even, no Hadamard transform, no stochastic rounding."""
     return quantize_fp4(x, recipe, role).dequantize()
+
+
+# --- the format interface (base.py), shared by nvfp4 and mxfp4 -----------------------------
+class FP4Format(QuantFormat):
+    """E2M1 elements in blocks of `block` along K. A subclass sets name, block, defaults (the
+    FP4Recipe knobs) and implements block_scales and summary_scale (nvfp4.py, mxfp4.py)."""
+    block = 16
+    defaults: dict = {}
+    recipe_fields: dict = {}  # extra ScalingRecipe fields recorded with the recipe (mxfp4: mx_block)
+    stat_keys = FP4_KEYS
+    inference_kind = ("W4A4", "W4A16")
+    strict_shapes = True
+    sr_stream = True
+    keeps_codes = False
+    gpu_reason = GPU_REASON
+
+    def block_scales(self, xf, bamax, r: FP4Recipe, global_amax):
+        """(d, e, saturated, g) per block from the block amaxes (module docstring)."""
+        raise NotImplementedError
+
+    def summary_scale(self, q: FP4Quantized) -> torch.Tensor:
+        """The stats' `scale` of one cast."""
+        raise NotImplementedError
+
+    def check_knobs(self, r: FP4Recipe) -> None:
+        """Raise BadInput for knob values this format refuses."""
+
+    def check(self, recipe):
+        get_fp4_recipe(recipe)
+
+    def quantize(self, x, recipe, role, history=None, *, stochastic=False, generator=None):
+        """Round to nearest even (or stochastically) with the tensor's own global scale: FP4
+        recipes have no history."""
+        return quantize_fp4(x, recipe, role, stochastic=stochastic, generator=generator)
+
+    def tile(self, recipe, role, shape):
+        return fp4_tile(get_fp4_recipe(recipe), role)
+
+    def linear_error(self, recipe, out_features, in_features):
+        return validate_fp4_linear(get_fp4_recipe(recipe), out_features, in_features)
+
+    def stochastic(self, recipe, role):
+        """Gradients (grad_output) round stochastically when the recipe asks."""
+        return role == "grad_output" and recipe.stochastic_rounding
+
+    def wgrad_operands(self, recipe, dyt, xt):
+        """wgrad reduces over M (tokens): zero-pad M to a multiple of the block (zero tokens add
+        nothing to dW, and a zero-padded block quantizes its real elements exactly as a partial
+        block would), then the random Hadamard transform along M when `rht` is on."""
+        dyt, xt = _pad_cols(dyt, self.block), _pad_cols(xt.detach().float(), self.block)
+        return (rht(dyt), rht(xt)) if recipe.rht else (dyt, xt)
+
+
+def _pad_cols(t: torch.Tensor, mult: int) -> torch.Tensor:
+    return F.pad(t, (0, -t.shape[1] % mult))
+
+
+def register_fp4(fmt: FP4Format) -> FP4Format:
+    """Register an FP4 format and its recipe `fmt.name` (scaling = name, E2M1 elements)."""
+    FP4_FORMATS[fmt.name], FP4_DEFAULTS[fmt.name] = fmt, dict(fmt.defaults)
+    fields = {**fmt.defaults, **fmt.recipe_fields}
+    return register_format(fmt, {fmt.name: dict(scaling=fmt.name, fwd_format="e2m1", grad_format="e2m1", **fields)})
