@@ -72,7 +72,7 @@ def build(s: Session) -> Parts:
     plan, engine = plan_precision(model, cfg.trainer_precision, device)  # validates before compute
     generator = Generator(s.model_cfg, cfg.generator_precision, device, kv_cache_dtype=cfg.generator.kv_cache_dtype,
                           kv_cache_headroom=cfg.generator.kv_cache_headroom, kernels=cfg.generator.kernels,
-                          lm_head_fp32=cfg.lm_head_fp32)
+                          lm_head_fp32=cfg.lm_head_fp32, logprobs_mode=cfg.generator.logprobs_mode)
     # The policy loss is ~0 by construction and the grad norm heavy-tailed: no one-step spike
     # detector; watch the trends that mean something in RL (bench/numerics/policy.py).
     policy = s.instability_policy(signals=("grad_norm", "reward", "entropy"), spikes=())

@@ -11,12 +11,13 @@ pytestmark = pytest.mark.slow  # end-to-end runs: the fast loop is -m "not slow"
 SHORT = ["model.n_layers=2", "steps=4", "eval_every=2", "checkpoint_every=2", "eval_problems=16",
          "grpo.prompts_per_step=4", "grpo.group_size=4", "warmup.steps=20", "monitor.interval=2"]
 
-MISMATCH = ["token_mult_prob_error", "gen_kl_k3", "policy_kl_k3", "kl_k1", "js", "logp_abs_diff_mean",
+MISMATCH = ["token_mult_prob_error", "gen_kl_k3", "policy_kl_k3", "kl_k1", "js_divergence_error", "logp_abs_diff_mean",
             "logp_abs_diff_max", "prob_abs_diff_mean", "prob_abs_diff_max", "prob_pearson", "chi2_token",
             "chi2_seq", "log_ppl_diff", "log_ppl_abs_diff", "ppl_ratio", "seq_mult_prob_error_mean",
             "seq_mult_prob_error_max"]
 IS = [f"raw_{s}" for s in ("mean", "std", "min", "max")] + [f"weight_{s}" for s in ("mean", "std", "min", "max")] + \
-     ["ess", "frac_high", "frac_low", "token_masked_frac", "seq_masked_frac", "veto_seq_frac"]
+     ["ess", "frac_high", "frac_low", "token_masked_frac", "seq_masked_frac", "veto_seq_frac",
+      "rollout_is_eff_sample_size"]
 RL = ["rollout/reward_mean", "rollout/reward_std", "rollout/response_len_mean", "rl/clip_frac", "rl/entropy",
       "train/lr", "train/step_time_s", "train/tokens_per_s", "train/updates"]
 UPDATE = ["train/loss", "train/grad_norm"]  # only on steps where an update ran

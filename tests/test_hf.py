@@ -189,9 +189,16 @@ def test_attribution_sites_on_hf_name_the_block_where_fp8_is_planted(arch):
 @pytest.mark.parametrize("switch", ["norm_in_compute_dtype", "rope_in_compute_dtype", "split_kv"])
 def test_norm_rope_and_split_kv_kernel_switches_move_the_hf_bf16_mismatch_above_one(arch, switch):
     """Each switch alone, on an HF model, no KV cache: the bf16 generator is no longer the bf16
-    trainer bitwise (the exact zero point is the test above)."""
+    trainer bitwise (the exact zero point is the test above). Norm gains made non-unit first: with
+    gains of exactly 1, vLLM's rounding points (bf16(x·rsqrt), times a unit gain) equal what the
+    autocast trainer's fp32 norm feeding a bf16 GEMM computes, bit for bit."""
+    import copy
     cfg = tiny(arch)
-    model = trained(cfg)
+    model = copy.deepcopy(trained(cfg))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.mul_(1 + 0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
     g = Generator(cfg, "bf16", kernels={switch: True})
     g.refit(model)
     prompts = torch.randint(3, 128, (8, 6), generator=torch.Generator().manual_seed(2))

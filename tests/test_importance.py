@@ -3,7 +3,10 @@
 The reference walks sequences and tokens with python floats in float64: ρ = exp(clamp(r, ±20)),
 sequence ratios exp(clamp(Σ_t r)) and exp(clamp(mean_t r)), the veto on the unclamped ρ, and it
 records which tokens a band or the veto masked out, so the masking fractions are checked against
-that record rather than against the weights' zeros."""
+that record rather than against the weights' zeros. batch_normalize and
+is/rollout_is_eff_sample_size follow verl (verl/trainer/ppo/rollout_corr_helper.py): sequence
+modes normalize by the mean over non-empty sequences of the sequence weight; the ESS is
+1 / masked_mean((w_c / (masked_mean(w_c) + 1e-8))²) with w_c the untruncated ratio clamped to [1/C, C]."""
 import math
 
 import numpy as np
@@ -14,6 +17,7 @@ from bench.rl.importance import BAND_MODES, IS_KEYS, IS_MODES, importance_weight
 
 C = 20.0
 MODES = ["none", "tis", "icepop", "seq_tis", "seq_mask", "geo_mask"]
+SEQ = ("seq_tis", "seq_mask")
 
 
 def clamp(x):
@@ -27,7 +31,7 @@ def direct(lp_g, lp_t, mask, mode, cap=2.0, lo=0.5, hi=2.0, veto=None, batch_nor
     w = np.zeros((B, T))
     masked = np.zeros((B, T), dtype=bool)
     vetoed = [False] * B
-    raw = []
+    raw, untrunc, seq_w = [], [], []
     for i in range(B):
         idx = [j for j in range(T) if m[i, j]]
         r = [lt[i, j] - lg[i, j] for j in idx]
@@ -37,6 +41,7 @@ def direct(lp_g, lp_t, mask, mode, cap=2.0, lo=0.5, hi=2.0, veto=None, batch_nor
             continue
         s = math.exp(clamp(sum(r)))
         geo = math.exp(clamp(sum(r) / len(r)))
+        untrunc += [s] * len(idx) if mode in SEQ else rho
         for k, j in enumerate(idx):
             if mode == "none":
                 w[i, j] = 1.0
@@ -54,9 +59,10 @@ def direct(lp_g, lp_t, mask, mode, cap=2.0, lo=0.5, hi=2.0, veto=None, batch_nor
             vetoed[i] = True
             for j in idx:
                 w[i, j], masked[i, j] = 0.0, True
+        seq_w.append(w[i, idx[0]])
     vals = [w[i, j] for i in range(B) for j in range(T) if m[i, j]]
     if batch_normalize and vals and sum(vals) > 0:
-        mean = sum(vals) / len(vals)
+        mean = np.mean(seq_w) if mode in SEQ else sum(vals) / len(vals)   # verl: each sequence once
         w = w / mean
         vals = [x / mean for x in vals]
     if not vals:
@@ -65,6 +71,7 @@ def direct(lp_g, lp_t, mask, mode, cap=2.0, lo=0.5, hi=2.0, veto=None, batch_nor
     low = lower_cap if lower_cap is not None else lo
     seqs = [i for i in range(B) if m[i].any()]
     mean_w = np.mean(vals)
+    wc = [min(max(x, 1 / high), high) for x in untrunc]
     met = {
         "raw_mean": np.mean(raw), "raw_std": np.std(raw), "raw_min": min(raw), "raw_max": max(raw),
         "weight_mean": mean_w, "weight_std": np.std(vals), "weight_min": min(vals), "weight_max": max(vals),
@@ -73,6 +80,7 @@ def direct(lp_g, lp_t, mask, mode, cap=2.0, lo=0.5, hi=2.0, veto=None, batch_nor
         "token_masked_frac": masked[m].mean(),
         "seq_masked_frac": np.mean([masked[i][m[i]].all() for i in seqs]),
         "veto_seq_frac": np.mean([vetoed[i] for i in seqs]),
+        "rollout_is_eff_sample_size": 1.0 / np.mean([(x / (np.mean(wc) + 1e-8)) ** 2 for x in wc]),
     }
     return w, met
 
@@ -217,12 +225,25 @@ def test_veto_below_the_ratio_clamp_still_fires_on_the_unclamped_ratio():
     assert (w[0] == 0).all() and (w[1] == 1).all() and met["is/veto_seq_frac"] == 0.5
 
 
-def test_batch_normalize_makes_the_mean_valid_weight_one():
+def test_batch_normalize_makes_the_mean_weight_one_per_token_or_per_sequence():
     lp_g, lp_t, mask = make(scale=0.8, seed=11)
     for mode in MODES:
         w, met = importance_weights(lp_g, lp_t, mask, mode=mode, batch_normalize=True)
-        assert float(w[mask].double().mean()) == pytest.approx(1.0, rel=1e-6), mode
-        assert met["is/weight_mean"] == pytest.approx(1.0, rel=1e-12), mode
+        if mode in SEQ:  # verl: each non-empty sequence's weight counted once
+            has = mask.any(1)
+            assert float(w[has, 0].double().mean()) == pytest.approx(1.0, rel=1e-6), mode
+        else:
+            assert float(w[mask].double().mean()) == pytest.approx(1.0, rel=1e-6), mode
+            assert met["is/weight_mean"] == pytest.approx(1.0, rel=1e-12), mode
+
+
+def test_verls_ess_sees_untruncated_ratios_clamped_to_one_over_c_and_c():
+    """peer_spec's example: ρ = [1, 1, 0.3], C = 2, tis: ours 0.8437, verl 0.9259 (0.3 raised to 0.5)."""
+    lp_g, lp_t, mask = ratios([1.0, 1.0, 0.3])
+    met = importance_weights(lp_g, lp_t, mask, mode="tis", cap=2.0)[1]
+    wc = np.array([1.0, 1.0, 0.5])
+    assert met["is/rollout_is_eff_sample_size"] == pytest.approx(1 / np.mean((wc / (wc.mean() + 1e-8)) ** 2), rel=1e-9)
+    assert (round(met["is/ess"], 4), round(met["is/rollout_is_eff_sample_size"], 4)) == (0.8437, 0.9259)
 
 
 def test_batch_normalize_leaves_all_zero_weights_at_zero():

@@ -2,7 +2,11 @@
 
 The reference is written independently of the library: numpy float64 scalars, the formulas
 exactly as §6 writes them (e^x − x − 1, log(½e^a + ½e^b), np.corrcoef), log-ratios clamped to ±20
-where they are exponentiated, per-sequence quantities over sequences with >= 1 valid token."""
+where they are exponentiated. js_divergence_error is NeMo-RL's formula (loss_functions.py
+ClippedPGLossFn: lm = log(½e^lp_t + ½e^lp_g), ½k3(lp_t − lm) + ½k3(lp_g − lm), no clamp);
+chi2_seq, log_ppl_diff, log_ppl_abs_diff and ppl_ratio are verl's (rollout_corr_helper.py
+compute_offpolicy_metrics: per-row masked means with verl's masked_mean Σ(v·m)/(Σm + 1e-8), then a
+mean over all B rows, empty ones included); seq_mult_prob_error over sequences with >= 1 valid token."""
 import math
 
 import numpy as np
@@ -24,33 +28,45 @@ def valid_sequences(lp_g, lp_t, mask):
     return [(lg[i][m[i]], lt[i][m[i]]) for i in range(len(m)) if m[i].any()]
 
 
+def nemo_js(g: float, t: float) -> float:
+    """NeMo-RL js_divergence_error of one token, float64, no clamp."""
+    lm = np.logaddexp(t, g) - np.log(2.0)
+    k3 = lambda x: np.exp(x) - x - 1
+    return 0.5 * k3(t - lm) + 0.5 * k3(g - lm)
+
+
+def verl_rows(lp_g, lp_t, mask):
+    """Per row of all B: (mean_t lp_g − mean_t lp_t, Σ_t (lp_t − lp_g)), with verl's masked_mean."""
+    lg, lt, m = lp_g.double().numpy(), lp_t.double().numpy(), mask.numpy().astype(np.float64)
+    mm = lambda v: (np.where(m > 0, v, 0.0) * m).sum(1) / (m.sum(1) + 1e-8)
+    return mm(lg) - mm(lt), (np.where(m > 0, lt - lg, 0.0) * m).sum(1)
+
+
+VERL = ("chi2_seq", "log_ppl_diff", "log_ppl_abs_diff", "ppl_ratio")  # verl's masked_mean +1e-8: rel ~1e-8
+
+
 def direct(lp_g, lp_t, mask):
     seqs = valid_sequences(lp_g, lp_t, mask)
     tok = [(g, t) for lg, lt in seqs for g, t in zip(lg, lt)]
     r = np.array([t - g for g, t in tok])
     rc = np.array([clamp(x) for x in r])
     pt, pg = np.array([np.exp(t) for _, t in tok]), np.array([np.exp(g) for g, _ in tok])
-    js = []
-    for g, t in tok:
-        lm = np.log(0.5 * np.exp(t) + 0.5 * np.exp(g))
-        a, b = clamp(lm - t), clamp(lm - g)          # §6: the exponentiated log-ratios are lm − lp
-        js.append(0.5 * (np.exp(a) - a - 1) + 0.5 * (np.exp(b) - b - 1))
-    d = np.array([lg.mean() - lt.mean() for lg, lt in seqs])
+    js = [nemo_js(g, t) for g, t in tok]
+    d, seq_sum = verl_rows(lp_g, lp_t, mask)
     seq_err = np.array([np.mean([np.exp(abs(clamp(t - g))) for g, t in zip(lg, lt)]) for lg, lt in seqs])
-    seq_sum = np.array([clamp(sum(t - g for g, t in zip(lg, lt))) for lg, lt in seqs])
     return {
         "token_mult_prob_error": np.mean(np.exp(np.abs(rc))),
         "gen_kl_k3": np.mean(np.exp(rc) - rc - 1),
         "policy_kl_k3": np.mean(np.exp(-rc) + rc - 1),
         "kl_k1": np.mean([g - t for g, t in tok]),
-        "js": np.mean(js),
+        "js_divergence_error": np.mean(js),
         "logp_abs_diff_mean": np.mean(np.abs(r)),
         "logp_abs_diff_max": np.max(np.abs(r)),
         "prob_abs_diff_mean": np.mean(np.abs(pt - pg)),
         "prob_abs_diff_max": np.max(np.abs(pt - pg)),
         "prob_pearson": np.corrcoef(pt, pg)[0, 1],
         "chi2_token": np.mean(np.exp(rc) ** 2) - 1,
-        "chi2_seq": np.mean(np.exp(2 * seq_sum)) - 1,
+        "chi2_seq": np.mean(np.exp(2 * np.clip(seq_sum, -C, C)) - 1),
         "log_ppl_diff": np.mean(d),
         "log_ppl_abs_diff": np.mean(np.abs(d)),
         "ppl_ratio": np.mean([np.exp(clamp(x)) for x in d]),
@@ -94,7 +110,8 @@ def test_every_metric_matches_its_direct_formula(kw):
     ref = direct(lp_g, lp_t, mask)
     assert list(got) == [f"mismatch/{k}" for k in KEYS] and all(type(v) is float for v in got.values())
     for k in KEYS:
-        assert got[f"mismatch/{k}"] == pytest.approx(float(ref[k]), rel=1e-9, abs=1e-12), k
+        rel = 1e-7 if k in VERL else 1e-9
+        assert got[f"mismatch/{k}"] == pytest.approx(float(ref[k]), rel=rel, abs=1e-12), k
 
 
 def test_extreme_ratios_stay_finite_because_log_ratios_are_clamped():
@@ -105,16 +122,35 @@ def test_extreme_ratios_stay_finite_because_log_ratios_are_clamped():
     assert got["mismatch/chi2_token"] < math.exp(40)                               # ρ² ≤ e^40
 
 
-@pytest.mark.parametrize("r", [-40.0, -25.0, 30.0])
-def test_js_clamps_lm_minus_lp_not_r(r):
-    # At r = −40, lm − lp_t = log(½ + ½e^40) ≈ 39.3 clamps to 20; clamping r first gave 19.3,
-    # i.e. half of e^20 (the review's factor of 2).
+@pytest.mark.parametrize("r", [-40.0, -25.0, 30.0, 500.0])
+def test_js_divergence_error_is_nemo_rls_formula_unclamped(r):
     g, t = -1.0, -1.0 + r
-    lm = math.log(0.5 * math.exp(t) + 0.5 * math.exp(g))
-    a, b = max(-C, min(C, lm - t)), max(-C, min(C, lm - g))
-    want = 0.5 * (math.exp(a) - a - 1) + 0.5 * (math.exp(b) - b - 1)
     m = mismatch_metrics(torch.tensor([[g]]), torch.tensor([[t]]), torch.tensor([[True]]))
-    assert m["mismatch/js"] == pytest.approx(want, rel=1e-12)
+    assert m["mismatch/js_divergence_error"] == pytest.approx(nemo_js(g, t), rel=1e-12)
+
+
+def test_js_divergence_error_on_one_adversarial_token_is_the_estimator_not_a_js_divergence():
+    """One token with r = −15 among 2000 identical ones: NeMo-RL's estimator gives 0.0034, below
+    ln 2; the old `js` (k3 of lm − lp instead of lp − lm) gave 408.6 on the same data."""
+    lp_g = torch.full((1, 2000), -2.0, dtype=torch.float64)
+    lp_t = lp_g.clone()
+    lp_t[0, 0] -= 15.0
+    got = mismatch_metrics(lp_g, lp_t, torch.ones(1, 2000, dtype=torch.bool))["mismatch/js_divergence_error"]
+    assert got == pytest.approx(nemo_js(-2.0, -17.0) / 2000, rel=1e-12) and got < math.log(2)
+
+
+def test_verls_sequence_means_count_empty_rows():
+    """peer_spec's example: rows r = [0.5, −0.5], [2.0], [] give verl's chi2_seq 17.866,
+    log_ppl_diff −0.667, ppl_ratio 0.7118 (the empty row counts), recomputed here."""
+    lp_g = torch.full((3, 2), -1.0, dtype=torch.float64)
+    lp_t = lp_g + torch.tensor([[0.5, -0.5], [2.0, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[True, True], [True, False], [False, False]])
+    got = mismatch_metrics(lp_g, lp_t, mask)
+    d, seq_sum = verl_rows(lp_g, lp_t, mask)
+    assert got["mismatch/chi2_seq"] == pytest.approx(np.mean(np.exp(2 * seq_sum) - 1), rel=1e-12)
+    assert got["mismatch/log_ppl_diff"] == pytest.approx(np.mean(d), rel=1e-7)
+    assert got["mismatch/ppl_ratio"] == pytest.approx(np.mean(np.exp(d)), rel=1e-7)
+    assert (round(got["mismatch/chi2_seq"], 3), round(got["mismatch/log_ppl_diff"], 3)) == (17.866, -0.667)
 
 
 def test_identical_logprobs_give_the_zero_point_exactly():
@@ -123,7 +159,7 @@ def test_identical_logprobs_give_the_zero_point_exactly():
     for k in ("token_mult_prob_error", "ppl_ratio", "seq_mult_prob_error_mean", "seq_mult_prob_error_max",
               "prob_pearson"):
         assert m[f"mismatch/{k}"] == 1.0, k
-    for k in ("gen_kl_k3", "policy_kl_k3", "kl_k1", "js", "chi2_token", "chi2_seq", "logp_abs_diff_mean",
+    for k in ("gen_kl_k3", "policy_kl_k3", "kl_k1", "js_divergence_error", "chi2_token", "chi2_seq", "logp_abs_diff_mean",
               "logp_abs_diff_max", "prob_abs_diff_mean", "prob_abs_diff_max", "log_ppl_diff", "log_ppl_abs_diff"):
         assert m[f"mismatch/{k}"] == 0.0, k
 
@@ -136,14 +172,14 @@ def test_k3_keeps_relative_precision_for_a_tiny_mismatch():
     m = mismatch_metrics(lp_g, lp_t, torch.ones(3, 4, dtype=torch.bool))
     assert m["mismatch/gen_kl_k3"] == pytest.approx(r * r / 2 + r ** 3 / 6, rel=1e-6, abs=0)
     assert m["mismatch/policy_kl_k3"] == pytest.approx(r * r / 2 - r ** 3 / 6, rel=1e-6, abs=0)
-    assert m["mismatch/js"] == pytest.approx(r * r / 8, rel=1e-5, abs=0)   # each side ≈ (r/2)²/2, averaged
+    assert m["mismatch/js_divergence_error"] == pytest.approx(r * r / 8, rel=1e-5, abs=0)  # each side ≈ (r/2)²/2
     assert m["mismatch/chi2_token"] == pytest.approx(math.expm1(2 * r), rel=1e-9, abs=0)
 
 
 def test_kls_are_nonnegative_and_k1_has_the_sign_of_the_drift():
     lp_g, lp_t, mask = make(scale=0.8, seed=9)
     m = mismatch_metrics(lp_g, lp_t, mask)
-    assert min(m["mismatch/gen_kl_k3"], m["mismatch/policy_kl_k3"], m["mismatch/js"]) > 0
+    assert min(m["mismatch/gen_kl_k3"], m["mismatch/policy_kl_k3"], m["mismatch/js_divergence_error"]) > 0
     m2 = mismatch_metrics(lp_g, lp_g - 0.1, torch.ones_like(mask))   # trainer uniformly lower
     assert m2["mismatch/kl_k1"] == pytest.approx(0.1, rel=1e-5)
 
@@ -155,14 +191,20 @@ def test_padding_values_outside_the_mask_are_ignored():
     assert a == b
 
 
-def test_empty_sequences_do_not_count_in_sequence_means():
+def test_empty_sequences_count_only_in_verls_sequence_means():
+    """Rows with no valid token (garbage log-probs) change nothing but verl's four all-B means,
+    which they dilute as empty rows (value 0, 0, 1, 0) exactly as verl's do."""
     lp_g, lp_t, mask = make(B=5, T=6, seed=1)
     a = mismatch_metrics(lp_g, lp_t, mask)
     pad = torch.full((2, 6), 5.0)                       # garbage in rows with no valid token
     empty = torch.zeros(2, 6, dtype=torch.bool)
     b = mismatch_metrics(torch.cat([lp_g, pad]), torch.cat([lp_t, -pad]), torch.cat([mask, empty]))
+    empty_value = {"chi2_seq": 0.0, "log_ppl_diff": 0.0, "log_ppl_abs_diff": 0.0, "ppl_ratio": 1.0}
     for k in KEYS:
-        assert b[f"mismatch/{k}"] == pytest.approx(a[f"mismatch/{k}"], rel=1e-12, abs=0), k
+        want = a[f"mismatch/{k}"]
+        if k in empty_value:
+            want = (want * 5 + 2 * empty_value[k]) / 7
+        assert b[f"mismatch/{k}"] == pytest.approx(want, rel=1e-12, abs=1e-15), k
 
 
 def test_empty_mask_gives_nan_not_an_exception():

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from bench.config.checks import finite, fnmatch_any, need, one_of, positive
 from bench.core.errors import BadInput
+from bench.generation.generator import LOGPROBS_MODES
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 KV_CACHE_DTYPES = ("auto", "fp8")
@@ -158,6 +159,7 @@ def check_generator(cfg) -> None:
 
     gen = cfg.generator
     one_of(gen.kv_cache_dtype, "generator.kv_cache_dtype", KV_CACHE_DTYPES)
+    one_of(gen.logprobs_mode, "generator.logprobs_mode", LOGPROBS_MODES)
     need(gen.kv_cache_headroom >= 1.0, f"generator.kv_cache_headroom={gen.kv_cache_headroom}; valid: a number >= 1 "
                                        f"(the prefill's amax maps to 448 / headroom)")
     kernel_config(gen.kernels).check()

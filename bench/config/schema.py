@@ -26,6 +26,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from bench.generation.kernels import KernelConfig  # generator/kernels: the schema lives with the kernels
+from bench.generation.generator import LOGPROBS_MODES
 from bench.models.decoder import ModelConfig as BuiltinModelConfig
 from bench.numerics.policy import PolicyConfig  # the policy group's schema lives with the policy
 from bench.precision.plan import PLAN_DEFAULTS as _PLAN  # planning keys' defaults (one place)
@@ -209,6 +210,7 @@ class GeneratorConfig:
     use_kv_cache: bool = True     # false: recompute the whole prefix per token (the cache-free reference)
     kv_cache_headroom: float = 1.0  # FP8 KV cache: scale set at prefill from amax x headroom (>= 1)
     kernels: KernelConfig = field(default_factory=KernelConfig)  # generator/kernels=exact|inference (DESIGN §11)
+    logprobs_mode: str = LOGPROBS_MODES[0]  # processed | raw (vLLM's default raw_logprobs; bench/generation/generator.py)
 
 
 @dataclass

@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from bench.generation import Generator
-from bench.generation.kernels import KernelConfig, kernel_config
+from bench.generation.kernels import PARAMETERS, KernelConfig, kernel_config
 from bench.generation.replay import replay
 from bench.precision.mixed import HIGH_PRECISION, compute_dtype
 from bench.rl.mismatch import mismatch_metrics
@@ -36,7 +36,7 @@ def _container(x):
 
 def sources(gen_precision: dict, fp8_modules: list[str], kernels: KernelConfig, kv_fp8: bool) -> list[str]:
     """The sources the configured generator has on, in a fixed order."""
-    out = [k for k, v in asdict(kernels).items() if k != "kv_chunk" and v != KERNEL_OFF[k]]
+    out = [k for k, v in asdict(kernels).items() if k not in PARAMETERS and v != KERNEL_OFF[k]]
     if not fp8_modules:
         out = [s for s in out if s != "fp8_activation_scaling"]  # inert without FP8 Linears
     for group, pat in FP8_GROUPS.items():
@@ -50,7 +50,7 @@ def sources(gen_precision: dict, fp8_modules: list[str], kernels: KernelConfig, 
 def variant(on: set[str], gen_precision: dict, kernels: KernelConfig) -> tuple[dict | str, KernelConfig, bool]:
     """(precision config, kernels, kv_fp8) of a generator with exactly the sources `on`."""
     kc = replace(KernelConfig(), **{k: getattr(kernels, k) for k in KERNEL_OFF if k in on})
-    kc = replace(kc, kv_chunk=kernels.kv_chunk)
+    kc = replace(kc, **{k: getattr(kernels, k) for k in PARAMETERS})
     fp8_on = [g for g in FP8_GROUPS if g in on]
     if not fp8_on:
         # No FP8 group on: the high precision the FP8 recipe computes everything else in.

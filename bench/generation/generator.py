@@ -38,6 +38,12 @@ the policy actually sampled from: ρ = π_train(y | kept) / π_behaviour(y), wit
 probabilities renormalised over the same kept set,
   log π_train(y | kept) = lp_t(y) − logsumexp_{v ∈ kept} lp_t(v),
 and `logprobs` as the behaviour log-prob (at top_p = 0.9 the untruncated ratio is off by ~1.09).
+`logprobs_mode` (generator.logprobs_mode): `processed` (the default) is the above. `raw` is
+what vLLM reports by default (vllm/v1/sample/sampler.py, ModelConfig `logprobs_mode` =
+"raw_logprobs"): log_softmax of the raw logits, before temperature, top-k and top-p, in fp32, as
+*both* fields, with no kept set. A stack that keeps vLLM's default then feeds exactly that to its
+mismatch metrics and IS correction (against the trainer's tempered log-prob): at T != 1 or
+top_p < 1 that is an error of the stack, not of the numerics, and `raw` measures it.
 Temperature 0 is greedy (argmax); its log-probs (both fields) are those of softmax(logits), T = 1,
 so the trainer should score greedy rollouts at T = 1.
 
@@ -57,6 +63,7 @@ from bench.core.errors import BadInput
 from bench.generation.kernels import install_kernels, kernel_config
 from bench.models.decoder import ModelConfig, token_logprobs
 from bench.models import empty_model, new_kv_cache
+from bench.models.kvcache import KVScales
 from bench.precision.mixed import autocast_context, compute_dtype
 from bench.precision.plan import apply_precision, plan_precision
 from bench.perf.timing import phase
@@ -88,9 +95,23 @@ def truncate_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) ->
     return logits
 
 
-def sample_step(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, rng: torch.Generator):
+LOGPROBS_MODES = ("processed", "raw")  # generator.logprobs_mode; the first is the default
+
+
+def sample_step(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, rng: torch.Generator,
+                logprobs_mode: str = LOGPROBS_MODES[0]):
     """One decode step from last-position logits [B, V] -> (tokens, logprobs, logprobs_untruncated,
-    kept [B, V] bool or None when nothing is truncated)."""
+    kept [B, V] bool or None when nothing is truncated). logprobs_mode "raw" reports vLLM's
+    default instead (see the module docstring): both log-probs are log_softmax(raw logits), and
+    kept None, whatever the sampling; the token is drawn exactly as in "processed"."""
+    tok, lp, lpu, kept = _sample(logits, temperature, top_k, top_p, rng)
+    if logprobs_mode == "raw":
+        raw = torch.log_softmax(logits.float(), dim=-1).gather(-1, tok[:, None])[:, 0]
+        return tok, raw, raw, None
+    return tok, lp, lpu, kept
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, rng: torch.Generator):
     if temperature == 0:  # greedy; log-probs at T = 1 (see the module docstring)
         tok = logits.argmax(-1)
         lp = token_logprobs(logits[:, None], tok[:, None])[:, 0]
@@ -113,9 +134,13 @@ class Generator:
     """An inference engine with its own Transformer, precision, KV cache and sampling RNG."""
 
     def __init__(self, model_cfg: ModelConfig, precision="bf16", device="cpu", kv_cache_dtype: str = "auto",
-                 kv_cache_headroom: float = 1.0, seed: int = 0, kernels=None, lm_head_fp32: bool = False):
+                 kv_cache_headroom: float = 1.0, seed: int = 0, kernels=None, lm_head_fp32: bool = False,
+                 logprobs_mode: str = LOGPROBS_MODES[0]):
         if kv_cache_dtype not in ("auto", "fp8"):
             raise BadInput(f"generator.kv_cache_dtype={kv_cache_dtype!r}; valid: auto, fp8")
+        if logprobs_mode not in LOGPROBS_MODES:
+            raise BadInput(f"generator.logprobs_mode={logprobs_mode!r}; valid: {', '.join(LOGPROBS_MODES)}")
+        self.logprobs_mode = logprobs_mode
         if not kv_cache_headroom >= 1.0:
             raise BadInput(f"generator.kv_cache_headroom={kv_cache_headroom!r}; valid: a number >= 1 "
                            f"(the prefill's amax maps to 448 / headroom)")
@@ -132,6 +157,8 @@ class Generator:
         self.kernels = kernel_config(kernels)
         self._quantized = install_kernels(self.model, self.kernels, compute_dtype(self.name), self._quantized,
                                           bool(self.plan.fp8_modules), lm_head_fp32)
+        # kv_scales=calculated: vLLM's per-layer scales from the engine's first batch, kept for its lifetime.
+        self.kv_scales = KVScales(model_cfg.n_layers)
         self.rng = torch.Generator(device=self.device).manual_seed(seed)
         self.refits = 0
 
@@ -227,14 +254,15 @@ class Generator:
                 cache = None
                 if use_kv_cache:  # the last sampled token is never fed back: P + N - 1 positions
                     cache = new_kv_cache(self.cfg, B, P + N - 1, compute_dtype(self.name), dev, fp8=self.kv_fp8,
-                                         headroom=self.kv_headroom)
+                                         headroom=self.kv_headroom, scales=self.kernels.kv_scales,
+                                         store=self.kv_scales)
                     logits = self.model(tokens[:, :P], cache=cache, pos=0)[:, -1]
                 else:
                     logits = self.model(tokens[:, :-1])[:, P - 1]
             with phase("rollout_decode"):  # the sampling loop, one forward per token
                 kept = None  # [B, N, V] once a step truncates; rows after a stop stay False (masked out)
                 for t in range(N):
-                    tok, lp_t, lpu_t, kept_t = sample_step(logits, temperature, top_k, top_p, rng)
+                    tok, lp_t, lpu_t, kept_t = sample_step(logits, temperature, top_k, top_p, rng, self.logprobs_mode)
                     tok = torch.where(done, pad, tok)
                     tokens[:, P + t], mask[:, t] = tok, ~done
                     if kept_t is not None:

