@@ -23,7 +23,7 @@ def char_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
 
 
-def write_model(path: Path, arch: str = "qwen2", vocab: int = 98, seed: int = 0, tokenizer: bool = True,
+def write_model(path: Path, arch: str = "qwen2", vocab: int = 128, seed: int = 0, tokenizer: bool = True,
                 **sizes) -> Path:
     """save_pretrained of a tiny random `arch` model (random biases too, so a dropped bias shows)."""
     import torch
