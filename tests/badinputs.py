@@ -115,3 +115,29 @@ GOOD_CONFIGS = [
     ("grpo", ["trainer_precision=fp8_blockwise", "generator_precision=fp8_blockwise", "is_correction=tis"]),
     ("grpo", ["is_correction=tis", "is_correction.lower_cap=0.5", "grpo.top_p=0.9", "grpo.minibatches=2"]),
 ]
+
+# model=hf model.path=DIR: a user's own checkpoint directory, each broken one way (tests/hf_dirs.py
+# writes them; `{hf_<name>}` stands for that dir). Each is one line, exit 2, before any run dir.
+HF_GRPO = ["model=hf", "generator_precision=fp8_tensorwise", "warmup.steps=0"]
+BAD_HF = [
+    Case("hf_not_a_causal_lm", "grpo", [*HF_GRPO, "model.path={hf_bert}"],
+         ("holds a 'bert' model (BertLMHeadModel)", "valid: model_type llama, qwen2, qwen3")),
+    Case("hf_vocab_below_tokenizer", "grpo", [*HF_GRPO, "model.path={hf_small_vocab}"],
+         ("the tokenizer has 99 tokens but the model's vocabulary is 50", "valid:")),
+    Case("hf_no_weights", "grpo", [*HF_GRPO, "model.path={hf_no_weights}"],
+         ("holds no weights", "valid: a directory written by save_pretrained")),
+    Case("hf_no_tokenizer", "grpo", [*HF_GRPO, "model.path={hf_no_tokenizer}"],
+         ("holds no tokenizer files", "valid: a directory with tokenizer.json")),
+    Case("hf_truncated_safetensors", "grpo", [*HF_GRPO, "model.path={hf_corrupt}"],
+         ("model.safetensors: tensor", "does not fit its", "valid: a complete safetensors file")),
+    Case("hf_garbage_safetensors", "pretrain", ["model=hf", "model.path={hf_garbage}"],
+         ("corrupt safetensors header", "valid: a complete safetensors file")),
+    Case("hf_unknown_rope_type", "pretrain", ["model=hf", "model.path={hf_unknown_rope}"],
+         ("rope_type 'warp9'", "valid: default, linear")),
+    Case("hf_config_disagrees_with_weights", "pretrain", ["model=hf", "model.path={hf_wrong_shape}"],
+         ("gate_proj.weight is [128, 64] in the weights, [96, 64] by config.json", "valid:")),
+    Case("hf_dims_do_not_fit_fp8", "grpo", [*HF_GRPO, "model.path={hf_odd_dims}"],
+         ("generator_precision:", "[72x72] cannot run fp8_tensorwise")),
+    Case("hf_missing_dir", "pretrain", ["model=hf", "model.path=/no/such/model"],
+         ("model.path='/no/such/model' holds no config.json", "valid:")),
+]

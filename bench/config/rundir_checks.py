@@ -22,6 +22,22 @@ from bench.config.checks import need
 DEFINING = ("recipe", "model", "task", "precision", "trainer_precision", "generator_precision", "is_correction",
             "seed", "optim", "batch_size", "grpo", "generator", "warmup", "init_from", "stress")
 MAX_LISTED = 6
+# What a start writes before its first step: a dir holding only these, no checkpoint and no metrics
+# row, is the leftover of a failed start (a crash while building the model, a bad checkpoint), not
+# a run; a rerun reuses it instead of refusing it (bench.run.rundir.prepare clears it).
+START_FILES = ("config.yaml", "summary.json", "checkpoints", runlock.LOCK_NAME, "metrics.jsonl", "events.jsonl",
+               "evals.jsonl", "samples.jsonl", "attribution.jsonl")
+
+
+def failed_start(path: Path) -> bool:
+    """`path` holds nothing but what a start that completed no step leaves behind."""
+    if not path.is_dir() or any(p.name not in START_FILES for p in path.iterdir()):
+        return False
+    ckpts = path / "checkpoints"
+    if ckpts.exists() and (not ckpts.is_dir() or any(ckpts.iterdir())):
+        return False
+    metrics = path / "metrics.jsonl"
+    return not metrics.is_file() or not metrics.read_text(errors="replace").strip()
 
 
 def check_run_dir(path: Path, resume: bool) -> None:
@@ -47,7 +63,7 @@ def check_run_dir(path: Path, resume: bool) -> None:
         need(False, f"run_dir={path} is in use by pid {pid} on host {host} (lock {path / runlock.LOCK_NAME}); "
                     f"valid: wait for that run to end, or choose another run_dir")
     if not resume:
-        need(not (path.is_dir() and any(path.iterdir())),
+        need(not (path.is_dir() and any(path.iterdir())) or failed_start(path),
              f"run_dir={path} already holds a run; pass resume=true to continue it "
              f"or choose another run_dir (runs are never overwritten)")
 
@@ -59,7 +75,8 @@ def check_resume(cfg, path: Path) -> dict:
 
     latest = ckpt.latest(path / "checkpoints") if (path / "checkpoints").is_dir() else None
     need(latest is not None, f"resume=true but run_dir={path} has no checkpoint under checkpoints/; "
-                             f"valid: a run dir written by an earlier run, or resume=false")
+                             f"valid: a run dir written by an earlier run, or resume=false"
+                             + (" (it holds only a failed start, which a rerun reuses)" if failed_start(path) else ""))
     saved = path / "config.yaml"
     need(saved.is_file(), f"resume=true but run_dir={path} has no config.yaml to check the run against; "
                           f"valid: a run dir written by an earlier run")

@@ -185,7 +185,10 @@ class PerTokenFP8Linear(nn.Module):
         with torch.autocast(dev, enabled=False):
             qx, sx = per_token_quantize(x.to(out_dtype).reshape(-1, shape[-1]))
             y = (qx.float() @ self.qweight.float().t()) / (sx * self.w_scale.t())
-        return y.to(out_dtype).reshape(*shape[:-1], self.out_features)
+        y = y.to(out_dtype).reshape(*shape[:-1], self.out_features)
+        if getattr(self, "bias", None) is not None:  # Qwen2's q/k/v: added in the output dtype, as InferenceLinear
+            y = y + self.bias.to(out_dtype)
+        return y
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, W8A8 per-token/per-channel"
@@ -204,6 +207,8 @@ def install_kernels(model: nn.Module, kcfg: KernelConfig, cd: torch.dtype, quant
             if not isinstance(mod, InferenceLinear):
                 continue
             new = PerTokenFP8Linear(mod.in_features, mod.out_features, name, device=mod._device)
+            if getattr(mod, "bias", None) is not None:  # the recipe Linear's fp32 bias buffer (a refit key)
+                new.register_buffer("bias", mod.bias)
             parent, _, leaf = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, leaf, new)
             quantized[name] = new

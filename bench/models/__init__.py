@@ -51,7 +51,11 @@ def load_tokenizer(cfg):
     if kind_of(cfg) == "hf" and cfg.path:
         from bench.tasks.hf_tokenizer import HFTokenizer
         from bench.models.hf import load_hf_tokenizer
-        return HFTokenizer(load_hf_tokenizer(cfg.path), chat_template=cfg.chat_template)
+        from bench.models.hf_checks import check_vocab
+
+        tok = load_hf_tokenizer(cfg.path)
+        check_vocab(cfg.path, len(tok), cfg.vocab_size)  # an id past the embedding is an IndexError mid-run
+        return HFTokenizer(tok, chat_template=cfg.chat_template)
     return None
 
 

@@ -73,15 +73,37 @@ def _check_path(path: str) -> Path:
 
 
 def path_config(path: str):
-    return _transformers().AutoConfig.from_pretrained(str(_check_path(path)), local_files_only=True)
+    """DIR's config.json as transformers reads it (an unknown model_type is one line, not a traceback)."""
+    import json
+
+    try:
+        return _transformers().AutoConfig.from_pretrained(str(_check_path(path)), local_files_only=True)
+    except (ValueError, KeyError, OSError) as e:
+        try:
+            kind = json.loads((Path(path) / "config.json").read_text()).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            kind = None
+        what = f"model_type {kind!r}" if kind else f"a config.json transformers cannot read ({str(e).splitlines()[0]})"
+        raise BadInput(f"model.path={path!r} holds {what}; valid: model_type {', '.join(ARCHS)} "
+                       f"(dense decoder-only causal LMs)") from None
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
 def load_hf_tokenizer(path: str):
+    no_files = f"model.path={path!r} holds no tokenizer files; valid: a directory with tokenizer.json (or " \
+               f"the model's tokenizer files: tok.save_pretrained(DIR))"
+    if not any((_check_path(path) / f).is_file() for f in TOKENIZER_FILES):
+        raise BadInput(no_files)
     try:
-        return _transformers().AutoTokenizer.from_pretrained(str(_check_path(path)), local_files_only=True)
-    except (OSError, ValueError) as e:
+        tok = _transformers().AutoTokenizer.from_pretrained(str(_check_path(path)), local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError) as e:
         raise BadInput(f"model.path={path!r}: no tokenizer could be loaded ({str(e).splitlines()[0]}); "
                        f"valid: a directory with tokenizer.json (or the model's tokenizer files)") from None
+    if tok is None or isinstance(tok, bool):
+        raise BadInput(no_files)
+    return tok
 
 
 def resolve_hf(cfg):
@@ -93,7 +115,10 @@ def resolve_hf(cfg):
             raise BadInput("model=hf needs model.path=DIR (a local checkpoint) or model.arch=ARCH; "
                            f"valid archs: {', '.join(ARCHS)}")
         return cfg
+    from bench.models.hf_checks import check_config, check_weights
+
     c = path_config(cfg.path)
+    check_config(cfg.path, c, ARCHS)
     text = getattr(c, "text_config", None) or c
     import dataclasses
     heads = text.num_attention_heads
@@ -101,11 +126,23 @@ def resolve_hf(cfg):
     if head_dim * heads != text.hidden_size:
         raise BadInput(f"model.path={cfg.path!r}: head_dim {head_dim} x {heads} heads != hidden {text.hidden_size}; "
                        f"valid: models whose attention width equals the hidden size")
+    check_weights(cfg.path, c, _meta_shapes(c))
     return dataclasses.replace(
         cfg, arch=c.model_type, vocab_size=text.vocab_size, d_model=text.hidden_size, n_layers=text.num_hidden_layers,
         n_heads=heads, n_kv_heads=getattr(text, "num_key_value_heads", heads) or heads,
         d_ff=getattr(text, "intermediate_size", cfg.d_ff), tie_embeddings=bool(c.tie_word_embeddings),
         max_seq_len=min(cfg.max_seq_len, text.max_position_embeddings) if cfg.max_seq_len else text.max_position_embeddings)
+
+
+def _meta_shapes(conf) -> dict[str, tuple]:
+    """{state-dict key: shape} of the transformers model `conf` describes, built on the meta device
+    (names and shapes only: free at any size). Non-persistent buffers (RoPE) are not in it."""
+    import torch
+
+    conf._attn_implementation = "sdpa"
+    with torch.device("meta"):
+        hf = _transformers().AutoModelForCausalLM.from_config(conf, dtype=torch.float32)
+    return {k: tuple(v.shape) for k, v in hf.state_dict().items()}
 
 
 class _CacheView:

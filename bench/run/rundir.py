@@ -26,6 +26,7 @@ import torch
 from bench.core import atomic
 
 from bench.core import lock as runlock
+from bench.config.rundir_checks import failed_start
 from bench.core.errors import BadInput
 from bench.core.jsonl import JsonlWriter, jsonable  # noqa: F401  (JsonlWriter: the run dir's writer)
 
@@ -46,6 +47,8 @@ def prepare(run_dir: str | Path, resume: bool) -> Path:
         raise BadInput(f"run_dir={path} exists and is not a directory")
     if path.is_dir():
         runlock.acquire(path)  # a live writer is refused before anything else is said about the dir
+    if not resume and failed_start(path):
+        clear_failed_start(path)
     nonempty = path.is_dir() and any(p.name != runlock.LOCK_NAME for p in path.iterdir())
     if resume:
         if not (path / "checkpoints").is_dir() or not any((path / "checkpoints").glob("step_*.pt")):
@@ -57,6 +60,20 @@ def prepare(run_dir: str | Path, resume: bool) -> Path:
     (path / "checkpoints").mkdir(parents=True, exist_ok=True)
     runlock.acquire(path)
     return path
+
+
+def clear_failed_start(path: Path) -> None:
+    """Remove what a start that completed no step left (rundir_checks.failed_start): the rerun
+    starts from an empty dir. Only the harness's own file names are ever removed; our lock stays."""
+    removed = [p.name for p in path.iterdir() if p.name != runlock.LOCK_NAME]
+    for p in path.iterdir():
+        if p.name == "checkpoints":
+            p.rmdir()  # empty: failed_start checked
+        elif p.name != runlock.LOCK_NAME:
+            p.unlink()
+    if removed:
+        print(f"run_dir={path} held only a failed start (no completed step): removed {', '.join(sorted(removed))} "
+              f"and starting afresh", flush=True)
 
 
 def jsonl_sizes(run_dir: Path) -> dict[str, int]:
