@@ -25,6 +25,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from bench.generation.perturb import PerturbConfig  # generator.perturb: SYNTHETIC fault injection
 from bench.generation.kernels import KernelConfig  # generator/kernels: the schema lives with the kernels
 from bench.models.decoder import ModelConfig as BuiltinModelConfig
 from bench.numerics.policy import PolicyConfig  # the policy group's schema lives with the policy
@@ -209,6 +210,7 @@ class GeneratorConfig:
     use_kv_cache: bool = True     # false: recompute the whole prefix per token (the cache-free reference)
     kv_cache_headroom: float = 1.0  # FP8 KV cache: scale set at prefill from amax x headroom (>= 1)
     kernels: KernelConfig = field(default_factory=KernelConfig)  # generator/kernels=exact|inference (DESIGN §11)
+    perturb: PerturbConfig = field(default_factory=PerturbConfig)  # SYNTHETIC noise, off by default (issue 25)
 
 
 @dataclass

@@ -59,6 +59,7 @@ class Verdict:
     half_width: float = math.nan     # Δ ± half_width: the (1 − 2α) interval of the difference
     tolerance: float = math.nan      # |baseline mean − limit mean|, in the metric's units
     min_detectable: float = math.nan  # drop (or increase) flagged with 80% power at these seeds
+    paired: bool = False             # judged by the paired test on same-seed differences
     seeds_needed: int | None = None  # inconclusive: seeds per side that would decide it
     values: dict = field(default_factory=dict)  # per-seed values, for debugging a verdict
 
@@ -192,6 +193,9 @@ def _judge(rule: Rule, metric: str, source: str, vname: str, cand: dict, bname: 
     if rule.bound in ("abs_min", "abs_max"):
         return _judge_abs(out, rule, c)
     b = bl.values(base["variants"][bname], source, metric, rule.stat, rule.k, rule.higher, rule.kind)
+    bseeds = [r.get("seed") for r in base["variants"][bname]["runs"]]
+    if b is not None and len(bseeds) == len(b):
+        bseeds = [sd for sd, x in zip(bseeds, b) if np.isfinite(x)]
     b = np.array([]) if b is None else b[np.isfinite(b)]
     if b.size == 0:
         raise BadInput(f"baseline variant {bname!r} has no finite value of {metric!r} ({rule.stat}); "
@@ -205,7 +209,11 @@ def _judge(rule: Rule, metric: str, source: str, vname: str, cand: dict, bname: 
         out.detail = f"{int((~np.isfinite(c)).sum())} of {len(c)} seeds missing or non-finite"
         return out
     sign = 1.0 if rule.bound in LOWER_IS_BAD else -1.0
-    d = stats.TESTS[rule.test or test](c, t, sign * (c.mean() - t.mean()), alpha)
+    # Same seeds on both sides: a paired test on the per-seed differences (stats.py), else Welch.
+    pairs = stats.pair_by_seed(c, [r.get("seed") for r in cand["runs"]], t, bseeds)
+    d = stats.TESTS[rule.test or test](c, t, sign * (c.mean() - t.mean()), alpha,
+                                       None if pairs is None else sign * pairs)
+    out.paired = pairs is not None
     out.outcome, out.method, out.p_value, out.half_width = d.outcome, d.method, d.p_value, d.half_width
     out.seeds_needed = d.seeds_needed
     out.min_detectable = stats.min_detectable(out.tolerance, d.se, d.df, alpha)
