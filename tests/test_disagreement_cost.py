@@ -44,7 +44,7 @@ def test_longstr_partial_score_matches_its_definition_and_exact_is_exact():
         assert sc["partial"] == pytest.approx(_ref_partial(c, a), abs=0)
         assert sc["exact"] == float(c == a)
         assert t.reward(p, c) == sc["partial"] and t.accuracy(p, c) == sc["exact"]
-    exact = build_task({"name": "longstr", "length": 16, "reward": "exact"})
+    exact = build_task({"name": "longstr", "length": 16, "score": "exact"})
     assert exact.reward(p, p.answer + "a") == 0.0
 
 
@@ -59,7 +59,7 @@ def test_eval_logs_exact_accuracy_and_partial_for_longstr():
 
 
 def test_longstr_bad_knobs_are_value_errors():
-    for bad in ({"op": "shuffle"}, {"length": 0}, {"alphabet": 1}, {"reward": "dense"}):
+    for bad in ({"op": "shuffle"}, {"length": 0}, {"alphabet": 1}, {"score": "dense"}):
         with pytest.raises(ValueError):
             build_task({"name": "longstr", **bad})
 

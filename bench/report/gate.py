@@ -183,7 +183,7 @@ def _judge_abs(out: Verdict, rule: Rule, c: np.ndarray) -> Verdict:
 
 
 def _judge(rule: Rule, metric: str, source: str, vname: str, cand: dict, bname: str | None,
-           base: dict, alpha: float, test: str) -> Verdict:
+           base: dict, alpha: float, test: str, pair: bool = True) -> Verdict:
     shown = f"events/{rule.kind}" + (f" at {metric}" if metric != "*" else "") if source == "events" else metric
     out = Verdict(rule, vname, shown, bname)
     c = bl.values(cand, source, metric, rule.stat, rule.k, rule.higher, rule.kind)
@@ -210,7 +210,7 @@ def _judge(rule: Rule, metric: str, source: str, vname: str, cand: dict, bname: 
         return out
     sign = 1.0 if rule.bound in LOWER_IS_BAD else -1.0
     # Same seeds on both sides: a paired test on the per-seed differences (stats.py), else Welch.
-    pairs = stats.pair_by_seed(c, [r.get("seed") for r in cand["runs"]], t, bseeds)
+    pairs = stats.pair_by_seed(c, [r.get("seed") for r in cand["runs"]], t, bseeds) if pair else None
     d = stats.TESTS[rule.test or test](c, t, sign * (c.mean() - t.mean()), alpha,
                                        None if pairs is None else sign * pairs)
     out.paired = pairs is not None
@@ -231,11 +231,12 @@ def _status_verdict(rule: Rule, vname: str, cand: dict) -> Verdict:
 
 
 def gate(baseline, rules, runs, alpha: float = ALPHA, baseline_variant: str | None = None,
-         test: str = DEFAULT_TEST, allow_config_mismatch: bool = False) -> GateResult:
+         test: str = DEFAULT_TEST, allow_config_mismatch: bool = False, pair: bool = True) -> GateResult:
     """Verdicts for every rule x candidate variant (x metric, for globs). `baseline`: a baseline
     dict, a baseline JSON path, or run dirs; `rules`: Rules, a rules path, or None for
     conf/gate/<recipe>.yaml; `runs`: Runs or run dir paths; `test`: noninferiority | welch, for
-    rules that do not name their own."""
+    rules that do not name their own; `pair`: compare same-seed runs paired (stats.py; False:
+    always unpaired Welch, `fp8bench gate --unpaired`)."""
     if test not in TESTS:
         raise BadInput(f"unknown test {test!r}; valid: {', '.join(TESTS)}")
     runs = runs if runs and all(isinstance(r, Run) for r in runs) else load_runs(runs)
@@ -256,7 +257,7 @@ def gate(baseline, rules, runs, alpha: float = ALPHA, baseline_variant: str | No
         source, metrics = _resolve(rule, [base, cand])
         for vname, cv in cand["variants"].items():
             bname = None if rule.bound.startswith("abs_") else pairs[vname]
-            verdicts += [_judge(rule, m, source, vname, cv, bname, base, alpha, test) for m in metrics]
+            verdicts += [_judge(rule, m, source, vname, cv, bname, base, alpha, test, pair) for m in metrics]
     return GateResult(verdicts, notes)
 
 

@@ -13,7 +13,7 @@ learnable from a short warm-up on CPU. Two scores per completion (both logged, s
   exact    1.0 when the completion equals the answer, else 0.0 (eval/<task>/accuracy)
   partial  (positions i < min(len(c), len(a)) with c_i == a_i) / max(len(c), len(a)) — dense,
            so a 512-token answer with one wrong character scores 511/512, not 0
-(`eval/<task>/partial`). `reward` picks which one GRPO trains on (default partial: at 512
+(`eval/<task>/partial`). `score` picks which one GRPO trains on (default partial: at 512
 tokens exact match is almost never reached by sampling and would give no signal).
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ class LongStrConfig:
     op: str = "reverse"        # copy | reverse | sort
     length: int = 32           # response length in characters (= tokens with the character tokenizer)
     alphabet: int = 4          # letters a.. used (2..26)
-    reward: str = "partial"    # exact | partial: the score GRPO trains on
+    score: str = "partial"     # exact | partial: the score GRPO trains on (its reward)
     loss_on: str = "answer"
 
 
@@ -51,7 +51,7 @@ class LongStr(Task):
     name = "longstr"
     Config = LongStrConfig
 
-    def __init__(self, op: str, length: int, alphabet: int, reward: str, loss_on: str, tokenizer=None):
+    def __init__(self, op: str, length: int, alphabet: int, score: str, loss_on: str, tokenizer=None):
         super().__init__(loss_on, tokenizer)
         if op not in OPS:
             raise ValueError(f"task.op={op!r}; valid: {', '.join(OPS)}")
@@ -59,9 +59,9 @@ class LongStr(Task):
             raise ValueError(f"task.length={length} must be positive")
         if not 2 <= alphabet <= 26:
             raise ValueError(f"task.alphabet={alphabet}; valid: 2..26")
-        if reward not in REWARDS:
-            raise ValueError(f"task.reward={reward!r}; valid: {', '.join(REWARDS)}")
-        self.op, self.length, self.alphabet, self.reward_kind = op, length, alphabet, reward
+        if score not in REWARDS:
+            raise ValueError(f"task.score={score!r}; valid: {', '.join(REWARDS)}")
+        self.op, self.length, self.alphabet, self.score = op, length, alphabet, score
 
     def sample(self, rng: random.Random) -> Problem:
         letters = string.ascii_lowercase[:self.alphabet]
@@ -81,7 +81,7 @@ class LongStr(Task):
         return {"exact": float(c == p.answer), "partial": partial_score(c, p.answer)}
 
     def reward(self, p: Problem, completion: str) -> float:
-        return self.scores(p, completion)[self.reward_kind]
+        return self.scores(p, completion)[self.score]
 
     def accuracy(self, p: Problem, completion: str) -> float:
         """Held-out accuracy is exact match whatever the training reward."""
