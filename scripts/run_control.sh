@@ -3,7 +3,7 @@
 # bf16/bf16 against the same bf16 generator with a SYNTHETIC logit perturbation (generator.perturb,
 # conf/matrix_control/), uncorrected and with TIS; then `fp8bench gate` against bf16/bf16, which
 # exits 1 through the reward (or accuracy) rule, not only the mismatch bound. Not part of run.sh.
-#   scripts/run_control.sh                                    # the cells below, 3 seeds, 20 steps
+#   scripts/run_control.sh                                    # bf16-bf16, perturb3.0 (+tis): 3 seeds, 20 steps
 #   CONTROL_CELLS='glob(*)' scripts/run_control.sh            # the whole dose ladder (sigma 0.3, 1, 3)
 #   CONTROL_SEEDS=0,1 CONTROL_STEPS=6 scripts/run_control.sh eval_problems=32   # the test's short version
 # Extra arguments are Hydra overrides for every run. Exits with the gate's code (0, 1, 3).
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 if [ -z "${PY:-}" ]; then scripts/setup.sh; PY=.venv/bin/python; fi
 export WANDB_MODE=${WANDB_MODE:-offline}
 out=${CONTROL_OUT:-runs/control/$(date +%Y%m%d_%H%M%S)}
-cells=${CONTROL_CELLS:-bf16-bf16,perturb1.0,perturb1.0-tis}
+cells=${CONTROL_CELLS:-bf16-bf16,perturb3.0,perturb3.0-tis}
 mkdir -p "$out"
 
 # The shared warm start is trained once, before the parallel jobs race to build it.
