@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--allow-config-mismatch", action="store_true", help="gate candidates whose defining "
                    "config (recipe, model, task, steps, precisions, knobs) differs from the baseline's; "
                    "the report lists the differences")
+    g.add_argument("--unpaired", action="store_true", help="never pair same-seed runs: Welch on the two "
+                   "sides even when they hold the same seeds (default: paired t on per-seed differences)")
     g.add_argument("--baseline-variant", metavar="NAME", help="compare every variant with this baseline "
                    "variant (default: same variant, else the all-bf16 one)")
 
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             raise BadInput(f"--alpha {args.alpha} must lie in (0, 0.5), e.g. 0.05")
         verdicts = gt.gate(args.baseline, args.rules, args.runs, alpha=args.alpha,
                            baseline_variant=args.baseline_variant, test=args.test,
-                           allow_config_mismatch=args.allow_config_mismatch)
+                           allow_config_mismatch=args.allow_config_mismatch, pair=not args.unpaired)
         go.write_outputs(verdicts, args.alpha, args.junit, args.markdown)
         return go.exit_code(verdicts)
     from bench.report import baseline as bl

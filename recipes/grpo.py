@@ -29,8 +29,10 @@ from bench.generation.attribution import attribute_step
 from bench.train.eval import evaluate
 from bench.core.events import Event
 from bench.generation import Generator
+from bench.generation.perturb import Perturbation
 from bench.models.decoder import Transformer, token_logprobs
 from bench.models import build_model
+from bench.numerics.drift import DriftWatch
 from bench.numerics.monitor import NumericsMonitor
 from bench.precision.plan import apply_precision, plan_precision
 from bench.run.entrypoint import check_overrides, print_precision_state
@@ -59,6 +61,7 @@ class Parts:
     monitor: NumericsMonitor
     trainer: Trainer
     plan: object
+    perturb: Perturbation        # generator.perturb (SYNTHETIC fault injection; off by default)
 
 
 def build(s: Session) -> Parts:
@@ -75,6 +78,8 @@ def build(s: Session) -> Parts:
                           lm_head_fp32=cfg.lm_head_fp32, logprobs_mode=cfg.generator.logprobs_mode)
     # The policy loss is ~0 by construction and the grad norm heavy-tailed: no one-step spike
     # detector; watch the trends that mean something in RL (bench/numerics/policy.py).
+    perturb = Perturbation(typed_perturb(cfg))  # SYNTHETIC: off unless generator.perturb.sigma > 0
+    perturb.install(generator)
     policy = s.instability_policy(signals=("grad_norm", "reward", "entropy"), spikes=())
     if cfg.init_from:
         load_policy_weights(model, cfg.init_from)
@@ -100,7 +105,7 @@ def build(s: Session) -> Parts:
     trainer = Trainer(model, typed(OptimConfig, cfg.optim, "optim"), total_updates, plan, engine, monitor, policy,
                       emit=s.emit, device=device, loss_scale_cfg=cfg.trainer_precision.get("loss_scale"),
                       dist_info=s.dist)
-    return Parts(g, shards, model, forward, ref, generator, monitor, trainer, plan)
+    return Parts(g, shards, model, forward, ref, generator, monitor, trainer, plan, perturb)
 
 
 def rollout_shard(s: Session, p: Parts, step: int, shard: int) -> RolloutBatch:
@@ -146,7 +151,11 @@ def train(s: Session) -> int:
     p = build(s)
     g, isc, model, trainer = p.g, cfg.is_correction, p.model, p.trainer
     start, opt_step = 0, 0
-    if s.resume_state is not None:  # sampling needs no RNG state: each shard's seed is (seed, step, shard)
+    pc = cfg.policy
+    drift = DriftWatch(pc.drift_window, pc.drift_growth, pc.drift_floor_tmpe, pc.drift_floor_k3)
+    if s.resume_state is not None:
+        if "drift" in s.resume_state:
+            drift.load_state_dict(s.resume_state["drift"])  # sampling needs no RNG state: each shard's seed is (seed, step, shard)
         trainer.load_state_dict(s.resume_state["trainer"])
         opt_step = s.resume_state["opt_step"]
         start = s.restore_common(s.resume_state)
@@ -154,6 +163,8 @@ def train(s: Session) -> int:
     s.summary["engines"] = {"trainer": p.plan.engine, "generator": p.generator.engine_name}
     s.plans = {"trainer": p.plan, "generator": p.generator.plan}  # summary.json: modules, fallbacks
     s.summary["warmstart"] = s.warmstart
+    if p.perturb.cfg.on:  # named as synthetic wherever it appears (bench/generation/perturb.py)
+        s.summary["synthetic"] = p.perturb.summary()
     if s.dist.is_main:
         print_precision_state({"trainer": p.plan, "generator": p.generator.plan}, model, device)
     batch = None
@@ -165,7 +176,7 @@ def train(s: Session) -> int:
         return values
 
     def state() -> dict:
-        return {"trainer": trainer.state_dict(), "opt_step": opt_step}
+        return {"trainer": trainer.state_dict(), "opt_step": opt_step, "drift": drift.state_dict()}
 
     with s.running(p.monitor.close):
         if start == 0:  # the warm-started policy: the start every later eval is compared with
@@ -198,6 +209,8 @@ def train(s: Session) -> int:
             with s.phase("monitor"):
                 metrics = {**up.metrics, **attrib, **mm, **is_metrics, **rollout_metrics(glob),
                            **kv_metrics(p.generator, batch, s)}
+                metrics.update(drift_metrics(s, drift, step, mm))
+                metrics.update(p.perturb.metrics())
             # tokens: this rank's rows (its device's joules); tokens/s counts all ranks' rows, as before
             if not s.end_step(step, metrics, up.halt, run_eval, state, tokens=batch.tokens.numel(),
                               counted_tokens=glob.mask.shape[0] * batch.tokens.shape[1]):
@@ -216,6 +229,21 @@ def attribution(s: Session, p: Parts, step: int, batch: RolloutBatch) -> dict:
     return attribute_step(s.run_dir, step, p.model, p.trainer.context, p.generator, batch.tokens,
                           batch.scored.mask, batch.prompt_len, rows, s.cfg.generator.use_kv_cache,
                           p.g.temperature, a.threshold)
+
+
+def typed_perturb(cfg):
+    from bench.generation.perturb import PerturbConfig
+
+    pc = cfg.generator.perturb
+    return PerturbConfig(float(pc.sigma), str(pc.target), int(pc.seed))
+
+
+def drift_metrics(s: Session, drift: DriftWatch, step: int, mm: dict) -> dict:
+    """mismatch/<name>_growth and a mismatch_drift event at its first crossing (bench/numerics/drift.py)."""
+    out, crossed = drift.update(mm)
+    for m, g, last, floor in crossed:
+        s.emit(Event(step, "mismatch_drift", f"mismatch/{m}", g, s.cfg.policy.drift_growth, stat="growth"))
+    return out
 
 
 def rollout_metrics(glob: Scored) -> dict:

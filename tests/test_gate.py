@@ -31,9 +31,11 @@ def base(tmp_path):
 
 
 def test_run_against_itself_passes_when_seeds_resolve_the_tolerance(base, tmp_path):
-    # Seed noise 0.02 with 3 seeds cannot show a 5 % tolerance is met on every rule: inconclusive
-    # (exit 3), never a regression; the older Welch rule reads the same data as a pass.
-    assert cli("gate", "--baseline", tmp_path / "base", tmp_path / "base") == 3
+    # Seed noise 0.02 with 3 seeds cannot show a 5 % tolerance is met on every rule unpaired:
+    # inconclusive (exit 3), never a regression; the older Welch rule reads the same data as a pass.
+    # Paired by seed (the default) a run against itself differs by exactly 0: pass.
+    assert cli("gate", "--unpaired", "--baseline", tmp_path / "base", tmp_path / "base") == 3
+    assert cli("gate", "--baseline", tmp_path / "base", tmp_path / "base") == 0
     assert cli("gate", "--test", "welch", "--baseline", tmp_path / "base", tmp_path / "base") == 0
     quiet = write_matrix(tmp_path / "quiet", [dict(precision="bf16"), dict(precision="fp8_tensorwise")], noise=0.002)
     assert cli("gate", "--baseline", quiet[0].parent, quiet[0].parent) == 0
@@ -88,7 +90,7 @@ def _alarms(tmp_path, tol, shift=0.0, draws=20, seeds=(0, 1, 2)):
 def test_same_distribution_rarely_alarms(tmp_path):
     # Tolerance 0 is the hardest case: the Welch test alone bounds false alarms at alpha = 5 %.
     n, verdicts = _alarms(tmp_path, tol=0.0)
-    assert all("Welch" in v.method for v in verdicts)
+    assert all("Welch" in v.method or "paired" in v.method for v in verdicts)  # independent draws: both valid
     assert n <= 3  # P(>= 4 of 20 | 5 %) < 2 %; with these fixed seeds the count is deterministic
     assert _alarms(tmp_path, tol=0.05)[0] == 0  # with the default tolerance: no false alarm
 

@@ -67,7 +67,9 @@ def reference(c, b, tol, alpha=0.05):
 def judge(tmp_path, base, cand, test="noninferiority", tag=""):
     b = write_exact(tmp_path / f"b{tag}", "bf16", base)
     c = write_exact(tmp_path / f"c{tag}", "bf16", cand)
-    (v,) = gt.gate([b], gt.load_rules(RULES), [c], test=test)
+    # Hand-built sides with seeds 0..n-1 each: the Welch derivation under test, not the pairing
+    # (test_disagreement_cost.py checks the paired path against scipy).
+    (v,) = gt.gate([b], gt.load_rules(RULES), [c], test=test, pair=False)
     return v
 
 
@@ -123,7 +125,8 @@ def test_exit_codes_and_outputs_per_outcome(tmp_path, capsys):
         b = write_exact(tmp_path / f"b_{name}", "bf16", base)
         c = write_exact(tmp_path / f"c_{name}", "bf16", cand)
         md, junit = tmp_path / f"{name}.md", tmp_path / f"{name}.xml"
-        assert cli("gate", "--baseline", b, "--rules", rules, "--markdown", md, "--junit", junit, c) == code
+        assert cli("gate", "--unpaired", "--baseline", b, "--rules", rules, "--markdown", md, "--junit", junit,
+                   c) == code
         text = md.read_text()
         assert {"pass": "PASS", "regression": "FAIL", "inconclusive": "INCONCLUSIVE"}[name] in text.splitlines()[0]
         assert "min detectable" in text
@@ -139,7 +142,7 @@ def test_rule_can_name_the_welch_test(tmp_path):
     b = write_exact(tmp_path / "b", "bf16", pair(0.8, half))
     c = write_exact(tmp_path / "c", "bf16", pair(0.705, half))
     rules = {"rules": [{**RULES["rules"][0], "test": "welch"}]}
-    (v,) = gt.gate([b], gt.load_rules(rules), [c])
+    (v,) = gt.gate([b], gt.load_rules(rules), [c], pair=False)
     assert v.outcome == "pass" and "Welch t one-sided" in v.method
 
 

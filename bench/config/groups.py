@@ -184,3 +184,12 @@ def check_model(model_cfg):
     need(kv > 0 and model_cfg.n_heads % kv == 0, f"model.n_kv_heads={model_cfg.n_kv_heads} must divide "
                                                  f"model.n_heads={model_cfg.n_heads}; valid: 0 (= n_heads) or a divisor")
     return model_cfg
+
+
+def check_perturb(cfg) -> None:
+    """generator.perturb: the SYNTHETIC fault injection (bench/generation/perturb.py)."""
+    from bench.generation.perturb import PerturbConfig
+
+    pc = cfg.generator.perturb
+    reason = PerturbConfig(float(pc.sigma), str(pc.target), int(pc.seed)).validate()
+    need(reason is None, reason or "")

@@ -25,6 +25,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from bench.generation.perturb import PerturbConfig  # generator.perturb: SYNTHETIC fault injection
 from bench.generation.kernels import KernelConfig  # generator/kernels: the schema lives with the kernels
 from bench.generation.generator import LOGPROBS_MODES
 from bench.models.decoder import ModelConfig as BuiltinModelConfig
@@ -211,6 +212,7 @@ class GeneratorConfig:
     kv_cache_headroom: float = 1.0  # FP8 KV cache: scale set at prefill from amax x headroom (>= 1)
     kernels: KernelConfig = field(default_factory=KernelConfig)  # generator/kernels=exact|inference (DESIGN §11)
     logprobs_mode: str = LOGPROBS_MODES[0]  # processed | raw (vLLM's default raw_logprobs; bench/generation/generator.py)
+    perturb: PerturbConfig = field(default_factory=PerturbConfig)  # SYNTHETIC noise, off by default (issue 25)
 
 
 @dataclass

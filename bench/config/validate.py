@@ -22,6 +22,7 @@ import torch
 from omegaconf import OmegaConf
 
 from bench.config.checks import need, positive
+from bench.config.groups import check_perturb
 from bench.config.groups import (check_generator, check_model, check_grpo, check_logger, check_monitor, check_optim,
                                  check_policy, check_precision, check_stress)
 from bench.config.rundir_checks import check_resume, check_run_dir
@@ -86,6 +87,7 @@ def validate(cfg, recipe: str, dirs: bool = True) -> Checked:
     else:
         check_grpo(cfg, task, model_cfg, world_size(), meta)
         check_generator(cfg)
+        check_perturb(cfg)
     if not dirs:
         return Checked(model_cfg, task, device, None)
     check_run_dir(Path(cfg.run_dir), cfg.resume)

@@ -60,12 +60,16 @@ class PolicyConfig:
     acc_drop: float = 0.3
     reward_drop: float = 0.3
     entropy_frac: float = 0.1
+    drift_window: int = 10          # mismatch_drift (bench/numerics/drift.py): steps per window
+    drift_growth: float = 2.0       # last window's median / first window's above this: drift
+    drift_floor_tmpe: float = 0.005  # ... and token_mult_prob_error − 1 at least this (harmless below)
+    drift_floor_k3: float = 1e-4    # ... or gen_kl_k3 at least this
 
     def validate(self) -> str | None:
         """One line naming the first bad value and what is valid, or None."""
         if self.action not in ACTIONS:
             return f"policy.action={self.action!r}; valid: {', '.join(ACTIONS)}"
-        for k in ("spike_window", "spike_min_history", "diverge_window"):
+        for k in ("spike_window", "spike_min_history", "diverge_window", "drift_window"):
             if getattr(self, k) < 1:
                 return f"policy.{k}={getattr(self, k)} must be a positive integer; valid: 1, 2, ..."
         if self.spike_min_history > self.spike_window:
@@ -77,6 +81,10 @@ class PolicyConfig:
         for k in ("spike_z", "loss_rise"):
             if not getattr(self, k) > 0:
                 return f"policy.{k}={getattr(self, k)} must be positive; valid: > 0"
+        if not self.drift_growth > 1:
+            return f"policy.drift_growth={self.drift_growth} is a ratio of mismatch medians; valid: > 1"
+        if not (self.drift_floor_tmpe >= 0 and self.drift_floor_k3 >= 0):
+            return "policy.drift_floor_tmpe and policy.drift_floor_k3 must be >= 0"
         if not self.grad_growth > 1:
             return f"policy.grad_growth={self.grad_growth} is a ratio of grad-norm medians; valid: > 1"
         return None

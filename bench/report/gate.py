@@ -59,6 +59,7 @@ class Verdict:
     half_width: float = math.nan     # Δ ± half_width: the (1 − 2α) interval of the difference
     tolerance: float = math.nan      # |baseline mean − limit mean|, in the metric's units
     min_detectable: float = math.nan  # drop (or increase) flagged with 80% power at these seeds
+    paired: bool = False             # judged by the paired test on same-seed differences
     seeds_needed: int | None = None  # inconclusive: seeds per side that would decide it
     values: dict = field(default_factory=dict)  # per-seed values, for debugging a verdict
 
@@ -182,7 +183,7 @@ def _judge_abs(out: Verdict, rule: Rule, c: np.ndarray) -> Verdict:
 
 
 def _judge(rule: Rule, metric: str, source: str, vname: str, cand: dict, bname: str | None,
-           base: dict, alpha: float, test: str) -> Verdict:
+           base: dict, alpha: float, test: str, pair: bool = True) -> Verdict:
     shown = f"events/{rule.kind}" + (f" at {metric}" if metric != "*" else "") if source == "events" else metric
     out = Verdict(rule, vname, shown, bname)
     c = bl.values(cand, source, metric, rule.stat, rule.k, rule.higher, rule.kind)
@@ -192,6 +193,9 @@ def _judge(rule: Rule, metric: str, source: str, vname: str, cand: dict, bname: 
     if rule.bound in ("abs_min", "abs_max"):
         return _judge_abs(out, rule, c)
     b = bl.values(base["variants"][bname], source, metric, rule.stat, rule.k, rule.higher, rule.kind)
+    bseeds = [r.get("seed") for r in base["variants"][bname]["runs"]]
+    if b is not None and len(bseeds) == len(b):
+        bseeds = [sd for sd, x in zip(bseeds, b) if np.isfinite(x)]
     b = np.array([]) if b is None else b[np.isfinite(b)]
     if b.size == 0:
         raise BadInput(f"baseline variant {bname!r} has no finite value of {metric!r} ({rule.stat}); "
@@ -205,7 +209,11 @@ def _judge(rule: Rule, metric: str, source: str, vname: str, cand: dict, bname: 
         out.detail = f"{int((~np.isfinite(c)).sum())} of {len(c)} seeds missing or non-finite"
         return out
     sign = 1.0 if rule.bound in LOWER_IS_BAD else -1.0
-    d = stats.TESTS[rule.test or test](c, t, sign * (c.mean() - t.mean()), alpha)
+    # Same seeds on both sides: a paired test on the per-seed differences (stats.py), else Welch.
+    pairs = stats.pair_by_seed(c, [r.get("seed") for r in cand["runs"]], t, bseeds) if pair else None
+    d = stats.TESTS[rule.test or test](c, t, sign * (c.mean() - t.mean()), alpha,
+                                       None if pairs is None else sign * pairs)
+    out.paired = pairs is not None
     out.outcome, out.method, out.p_value, out.half_width = d.outcome, d.method, d.p_value, d.half_width
     out.seeds_needed = d.seeds_needed
     out.min_detectable = stats.min_detectable(out.tolerance, d.se, d.df, alpha)
@@ -223,11 +231,12 @@ def _status_verdict(rule: Rule, vname: str, cand: dict) -> Verdict:
 
 
 def gate(baseline, rules, runs, alpha: float = ALPHA, baseline_variant: str | None = None,
-         test: str = DEFAULT_TEST, allow_config_mismatch: bool = False) -> GateResult:
+         test: str = DEFAULT_TEST, allow_config_mismatch: bool = False, pair: bool = True) -> GateResult:
     """Verdicts for every rule x candidate variant (x metric, for globs). `baseline`: a baseline
     dict, a baseline JSON path, or run dirs; `rules`: Rules, a rules path, or None for
     conf/gate/<recipe>.yaml; `runs`: Runs or run dir paths; `test`: noninferiority | welch, for
-    rules that do not name their own."""
+    rules that do not name their own; `pair`: compare same-seed runs paired (stats.py; False:
+    always unpaired Welch, `fp8bench gate --unpaired`)."""
     if test not in TESTS:
         raise BadInput(f"unknown test {test!r}; valid: {', '.join(TESTS)}")
     runs = runs if runs and all(isinstance(r, Run) for r in runs) else load_runs(runs)
@@ -248,7 +257,7 @@ def gate(baseline, rules, runs, alpha: float = ALPHA, baseline_variant: str | No
         source, metrics = _resolve(rule, [base, cand])
         for vname, cv in cand["variants"].items():
             bname = None if rule.bound.startswith("abs_") else pairs[vname]
-            verdicts += [_judge(rule, m, source, vname, cv, bname, base, alpha, test) for m in metrics]
+            verdicts += [_judge(rule, m, source, vname, cv, bname, base, alpha, test, pair) for m in metrics]
     return GateResult(verdicts, notes)
 
 

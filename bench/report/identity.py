@@ -34,9 +34,14 @@ def _flat(d: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
+# Dotted keys that are part of the label like the precision groups: a synthetic perturbation
+# (generator.perturb, bench/report/runs.py synthetic_label) is what a control matrix compares.
+LABEL_KEYS = ("generator.perturb",)
+
+
 def _skipped(key: str, with_precision: bool) -> bool:
     top = key.split(".", 1)[0]
-    if not with_precision and top in LABEL_GROUPS:
+    if not with_precision and (top in LABEL_GROUPS or any(key.startswith(k + ".") for k in LABEL_KEYS)):
         return True
     return any(key == n or key.startswith(n + ".") for n in NOT_DEFINING)
 

@@ -101,15 +101,26 @@ def precision_label(cfg: dict) -> str:
         label = f"{t}/{g}"
     else:
         label = str((cfg.get("precision") or {}).get("name", "?"))
+    if synthetic := synthetic_label(cfg):
+        label = f"{label} {synthetic}"
     mode = (cfg.get("is_correction") or {}).get("mode", "none")
     return label if mode in (None, "none") else f"{label} is={mode}"
+
+
+def synthetic_label(cfg: dict) -> str:
+    """`SYNTHETIC-perturb(<target>,σ=<sigma>)` for a run with generator.perturb on (the fault
+    injection of bench/generation/perturb.py, named wherever it appears), else ''."""
+    pc = (cfg.get("generator") or {}).get("perturb") or {}
+    sigma = pc.get("sigma") or 0
+    return f"SYNTHETIC-perturb({pc.get('target', 'logits')},σ={float(sigma):g})" if sigma > 0 else ""
 
 
 def is_reference(cfg: dict) -> bool:
     """The natural baseline: every precision side bf16 and no IS correction."""
     sides = [cfg.get(k) for k in ("precision", "trainer_precision", "generator_precision") if cfg.get(k)]
     mode = (cfg.get("is_correction") or {}).get("mode", "none")
-    return bool(sides) and all(s.get("name") == "bf16" for s in sides) and mode in (None, "none")
+    return (bool(sides) and all(s.get("name") == "bf16" for s in sides) and mode in (None, "none")
+            and not synthetic_label(cfg))
 
 
 # --- discovery and parsing --------------------------------------------------------------------

@@ -27,6 +27,14 @@ spread (s² = (s_c² + s_t²)/2, df = 2n − 2), q·s·sqrt(2/n) < |margin| woul
 with power 1 − β (0.8): tolerance + (t_{1−α}(df) + t_{1−β}(df))·se — the textbook minimum
 detectable effect, shifted by the tolerance.
 
+Pairing by seed (issue 25). Runs that share a seed share initial weights, prompts and data order
+(common random numbers), so when the candidate and baseline sides hold the same seeds, each once,
+the gate compares the per-seed differences d_i = c_i − t_i (candidate minus limit, seed i):
+    margin = ±mean(d),  se = sd(d)/sqrt(n) (ddof 1),  df = n − 1          (the paired t-test)
+and decides exactly as above with these se, df; min_detectable uses them too. The seed-to-seed
+spread both sides share cancels in d, so se is smaller when runs of one seed are correlated.
+Otherwise (different seeds, repeats, fewer than 2 pairs) it falls back to Welch.
+
 Welch (the gate's behaviour before non-inferiority, kept by name): a regression only when the
 one-sided Welch t-test rejects "margin ≥ 0" at level α; anything else passes, so too few seeds
 read as a pass. One seed on either side: plain comparison of the means with the limit.
@@ -98,8 +106,39 @@ def min_detectable(tolerance: float, se: float, df: float, alpha: float, power: 
     return tolerance + (t_quantile(1 - alpha, df) + t_quantile(power, df)) * se if se > 0 else tolerance
 
 
-def noninferiority(c: np.ndarray, t: np.ndarray, margin: float, alpha: float) -> Decision:
-    se, df = welch_se_df(c, t)
+def paired_se_df(d: np.ndarray) -> tuple[float, float]:
+    """(se, df) of mean(d) for per-seed differences d: sd(d)/sqrt(n), n − 1; (nan, nan) below 2
+    pairs; (0, inf) when every difference is equal."""
+    n = len(d)
+    if n < 2:
+        return math.nan, math.nan
+    var = float(np.var(d, ddof=1))
+    return (0.0, math.inf) if var == 0 else (math.sqrt(var / n), float(n - 1))
+
+
+def pair_by_seed(c: np.ndarray, cs, t: np.ndarray, ts) -> np.ndarray | None:
+    """Per-seed differences c − t, in sorted seed order, when both sides hold the same seeds, each
+    once, at least 2 of them, all values finite; else None (the caller uses Welch)."""
+    cs, ts = list(cs or []), list(ts or [])
+    if (len(cs) != len(c) or len(ts) != len(t) or None in cs or None in ts or len(set(cs)) != len(cs)
+            or set(cs) != set(ts) or len(cs) < 2):
+        return None
+    cd, td = dict(zip(cs, c)), dict(zip(ts, t))
+    keys = sorted(cd, key=str)
+    d = np.array([cd[k] - td[k] for k in keys], dtype=float)
+    return d if np.isfinite(d).all() else None
+
+
+def noninferiority(c: np.ndarray, t: np.ndarray, margin: float, alpha: float,
+                   pairs: np.ndarray | None = None) -> Decision:
+    """pairs: the per-seed differences (pair_by_seed) when the sides pair; else Welch."""
+    if pairs is not None:
+        return _noninferiority_se(*paired_se_df(pairs), c, t, margin, alpha, "paired t")
+    return _noninferiority_se(*welch_se_df(c, t), c, t, margin, alpha, "Welch t")
+
+
+def _noninferiority_se(se: float, df: float, c: np.ndarray, t: np.ndarray, margin: float, alpha: float,
+                       how: str) -> Decision:
     if math.isnan(se):
         return Decision("inconclusive", "non-inferiority: 1 seed per side, no spread to judge noise by",
                         margin, math.nan, None, seeds_needed=None)
@@ -107,7 +146,7 @@ def noninferiority(c: np.ndarray, t: np.ndarray, margin: float, alpha: float) ->
         return Decision("pass" if margin >= 0 else "regression", "non-inferiority: no spread (exact)",
                         margin, 0.0, None, se=0.0, df=df)
     h = t_quantile(1 - alpha, df) * se
-    method = f"non-inferiority, Welch t, α={alpha:g}"
+    method = f"non-inferiority, {how}, α={alpha:g}"
     if margin - h > 0:
         return Decision("pass", method, margin, h, float(sps.t.sf(margin / se, df)), se=se, df=df)
     if margin + h < 0:
@@ -116,8 +155,17 @@ def noninferiority(c: np.ndarray, t: np.ndarray, margin: float, alpha: float) ->
                     seeds_needed=seeds_needed(margin, c, t, alpha), se=se, df=df)
 
 
-def welch(c: np.ndarray, t: np.ndarray, margin: float, alpha: float) -> Decision:
-    """The pre-non-inferiority gate: regression only when the data prove one."""
+def welch(c: np.ndarray, t: np.ndarray, margin: float, alpha: float, pairs: np.ndarray | None = None) -> Decision:
+    """The pre-non-inferiority gate: regression only when the data prove one (paired by seed when
+    `pairs` is given: the one-sided paired t-test)."""
+    if pairs is not None:
+        se, df = paired_se_df(pairs)
+        if se == 0:
+            return Decision("regression" if margin < 0 else "pass", "tolerance (no spread, paired)", margin, 0.0,
+                            None, se=0.0, df=df)
+        p = float(sps.t.cdf(margin / se, df))
+        return Decision("regression" if p < alpha else "pass", f"paired t one-sided, α={alpha:g}", margin,
+                        t_quantile(1 - alpha, df) * se, p, se=se, df=df)
     se, df = welch_se_df(c, t)
     if min(len(c), len(t)) < 2:
         return Decision("regression" if margin < 0 else "pass", "tolerance (1 seed)", margin, math.nan,

@@ -14,6 +14,11 @@ Per candidate variant, against the baseline variant (the all-bf16 one unless tol
              seeds of rollout time, step time, tokens/s and joules per token (when a counter
              measured them), relative to the baseline's, and Δ accuracy: "rollout −x%, step −y%,
              energy/token −z%, accuracy +0.010". Only what both sides measured is shown.
+  drift      mismatch/<m>_growth (bench/numerics/drift.py) of tmpe and gen_kl_k3 recomputed from each
+             run's metrics.jsonl with the run's policy.drift_window, mean over seeds; shown in the
+             verdict words when it exceeds the run's policy.drift_growth ("k3 grows ×3.1")
+  detects    the smallest accuracy drop the accuracy rule would flag with 80% power at these seeds
+             (stats.min_detectable; paired by seed when both sides share seeds), on every outcome
 When a variant uses IS correction and the same precisions without it are in the report with an
 accuracy drop that its interval shows (Δ + half-width < 0), the verdict adds how much of that drop
 the correction recovers.
@@ -28,6 +33,8 @@ import numpy as np
 from bench.perf import cost as costs
 from bench.core.errors import BadInput
 from bench.core.events import KINDS
+from bench.numerics.drift import series_growth
+from bench.numerics.policy import PolicyConfig
 from bench.report import baseline as bl
 from bench.report import gate as gt
 from bench.report import stats
@@ -67,26 +74,52 @@ def pm(d: float, h: float) -> str:
     return f"{d:+.3f}" + ("" if math.isnan(h) else f" ± {h:.3f}")
 
 
-def _words(outcomes: list, acc: tuple, recovered: float | None) -> str:
+def _words(outcomes: list, acc: tuple, recovered: float | None, drift: dict | None = None) -> str:
     n = acc[2]
     dacc = f"Δacc {pm(acc[0], acc[1])}" if not math.isnan(acc[0]) else ""
     regress = [v for v in outcomes if v.regression]
     unsure = [v for v in outcomes if v.inconclusive]
+    text = _outcome_words(n, dacc, regress, unsure)
+    # the smallest drop these seeds would catch, for the accuracy rule when there is one
+    mdd = [v for v in outcomes if "accuracy" in v.metric and math.isfinite(v.min_detectable)]
+    if mdd:
+        text += f"; detects accuracy drops ≥ {mdd[0].min_detectable:.3f}{' (paired by seed)' if mdd[0].paired else ''}"
+    if drift:
+        text += "; drift: " + ", ".join(f"{m} grows ×{g:.2g}" for m, g in drift.items())
+    if recovered is not None:
+        text += f"; IS recovers {100 * recovered:.0f}% of the accuracy drop"
+    return text
+
+
+def _outcome_words(n: int, dacc: str, regress: list, unsure: list) -> str:
     if regress:
         what = ", ".join(dict.fromkeys(v.rule.label for v in regress))
         text = f"regression ({what}; n={n}{', ' + dacc if dacc else ''})"
     elif unsure:
         need = [v.seeds_needed for v in unsure if v.seeds_needed]
         seeds = f"need {max(need)} seeds" if need else "need more seeds"
-        # the smallest drop these seeds would catch, for the accuracy rule when there is one
-        mdd = [v.min_detectable for v in unsure if "accuracy" in v.metric and math.isfinite(v.min_detectable)]
-        detects = f", detects drops ≥ {mdd[0]:.3f}" if mdd else ""
-        text = f"inconclusive — {seeds} (n={n}{', ' + dacc if dacc else ''}{detects})"
+        text = f"inconclusive — {seeds} (n={n}{', ' + dacc if dacc else ''})"
     else:
         text = f"no measurable cost (n={n}{', ' + dacc if dacc else ''})"
-    if recovered is not None:
-        text += f"; IS recovers {100 * recovered:.0f}% of the accuracy drop"
     return text
+
+
+def drift_of(runs) -> dict[str, float]:
+    """Mean over runs of each watched metric's growth (bench/numerics/drift.py), only where it
+    exceeds the runs' policy.drift_growth: {short name: growth}."""
+    out = {}
+    for m, short in (("token_mult_prob_error", "tmpe"), ("gen_kl_k3", "k3")):
+        gs, limit = [], PolicyConfig.drift_growth
+        for r in runs:
+            pol = (r.config.get("policy") or {})
+            limit = float(pol.get("drift_growth", PolicyConfig.drift_growth))
+            g = series_growth(r.series("metrics", f"mismatch/{m}")[1], m,
+                              int(pol.get("drift_window", PolicyConfig.drift_window)))
+            if math.isfinite(g):
+                gs.append(g)
+        if gs and float(np.mean(gs)) > limit:
+            out[short] = float(np.mean(gs))
+    return out
 
 
 def summarize(variants: dict[str, Variant], base: str, alpha: float = ALPHA) -> list[dict]:
@@ -117,7 +150,8 @@ def summarize(variants: dict[str, Variant], base: str, alpha: float = ALPHA) -> 
         # two noise-sized deltas ("IS recovers -350%") says nothing.
         if plain in acc_of and acc_of[plain][0] + acc_of[plain][1] < 0 and not math.isnan(acc_of[name][0]):
             recovered = 1 - acc_of[name][0] / acc_of[plain][0]
-        words = note or _words([v for v in verdicts if v.variant == name], acc_of[name], recovered)
+        words = note or _words([v for v in verdicts if v.variant == name], acc_of[name], recovered,
+                               drift_of(variants[name].runs))
         delta = costs.cost_delta(spent[base], spent[name])
         acc = None if math.isnan(acc_of[name][0]) else acc_of[name][0]
         rows.append({"variant": name, "acc": acc_of[name], "reward": diff(_reward(rec), _reward(brec), alpha),

@@ -50,7 +50,18 @@ def evaluate(model, task: Task, ctx_fn, device, n_problems: int = 200) -> dict[s
             probs = task.problems("eval", n_problems, EVAL_SEED)
             prompts = task.encode_prompts(probs).to(device)
             answers = greedy_answers(model, task, prompts, ctx_fn, task.seq_len - task.prompt_len)
-            out[f"eval/{task.name}/accuracy"] = sum(task.reward(p, a) for p, a in zip(probs, answers)) / len(probs)
+            out.update(answer_scores(task, probs, answers))
         return out
     finally:
         model.train(was_training)
+
+
+def answer_scores(task: Task, probs, answers) -> dict[str, float]:
+    """eval/<task>/accuracy (the task's `accuracy`, exact match, where it defines one; else its
+    reward) and, for a task with several scores (bench/tasks/longstr.py), eval/<task>/<score>."""
+    acc = getattr(task, "accuracy", task.reward)
+    out = {f"eval/{task.name}/accuracy": sum(acc(p, a) for p, a in zip(probs, answers)) / len(probs)}
+    if hasattr(task, "scores"):
+        rows = [task.scores(p, a) for p, a in zip(probs, answers)]
+        out.update({f"eval/{task.name}/{k}": sum(r[k] for r in rows) / len(rows) for k in rows[0] if k != "exact"})
+    return out

@@ -1,0 +1,49 @@
+"""Per-cell, per-seed table of a matrix sweep dir (issue 25, docs/findings.md "What disagreement costs"):
+final eval accuracy (and partial score where logged), rollout reward / tmpe / gen_kl_k3 over the last 5
+steps, their growth (bench/numerics/drift.py, window 10), mismatch_drift events; mean, std and a
+two-sided paired-by-seed t-test against the baseline cell.
+    python scripts/cell_table.py SWEEP_DIR/runs MATRIX_GROUP BASE_CELL > table.json
+"""
+import glob, json, re, statistics as st, sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scipy import stats as ss
+
+from bench.numerics.drift import series_growth
+
+root, group, base = sys.argv[1:4]
+cells = {}
+for d in sorted(glob.glob(f"{root}/*{group}=*")):
+    cell = re.search(rf"{group}=([^,]+)", d).group(1)
+    seed = int(re.search(r"seed=(\d+)", d).group(1))
+    ev = [json.loads(line) for line in open(f"{d}/evals.jsonl")][-1]
+    m = [json.loads(line) for line in open(f"{d}/metrics.jsonl")]
+    events = [json.loads(line) for line in open(f"{d}/events.jsonl")]
+    last = m[-5:]
+    row = {"seed": seed, "final_accuracy": [v for k, v in ev.items() if k.endswith("/accuracy")][0]}
+    row.update({f"final_{k.rsplit('/', 1)[1]}": v for k, v in ev.items() if k.endswith("/partial")})
+    for k, name in (("rollout/reward_mean", "reward_last5"), ("mismatch/token_mult_prob_error", "tmpe_last5"),
+                    ("mismatch/gen_kl_k3", "gen_kl_k3_last5")):
+        row[name] = st.mean(r[k] for r in last)
+    for k in ("token_mult_prob_error", "gen_kl_k3"):
+        row[f"{k}_growth_w10"] = series_growth([r[f"mismatch/{k}"] for r in m], k, 10)
+    row["mismatch_drift_events"] = sum(e["kind"] == "mismatch_drift" for e in events)
+    cells.setdefault(cell, []).append(row)
+out = {"cells": cells, "summary": {}}
+for c, rows in cells.items():
+    s = {}
+    for k in rows[0]:
+        if k == "seed":
+            continue
+        v = [r[k] for r in rows]
+        s[k] = {"mean": st.mean(v), "std": st.stdev(v) if len(v) > 1 else 0.0}
+        if c != base and k in ("final_accuracy", "reward_last5", "final_partial"):
+            b = {r["seed"]: r[k] for r in cells[base]}
+            pairs = [(r[k], b[r["seed"]]) for r in rows if r["seed"] in b]
+            if len(pairs) > 1:
+                s[k]["delta_mean"] = st.mean(x - y for x, y in pairs)
+                s[k]["paired_p_two_sided"] = float(ss.ttest_rel(*zip(*pairs)).pvalue)
+    out["summary"][c] = s
+print(json.dumps(out, indent=1, default=float))
