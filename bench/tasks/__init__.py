@@ -8,9 +8,11 @@ from omegaconf import OmegaConf
 from bench.tasks.arith import Arith
 from bench.tasks.arithmetic import Addition, Reversal
 from bench.tasks.base import Problem, Task
+from bench.tasks.jsonl import Jsonl
 from bench.tasks.textfile import TextFile
 
 TASKS: dict[str, type[Task]] = {"addition": Addition, "reversal": Reversal, "textfile": TextFile, "arith": Arith}
+TASKS["jsonl"] = Jsonl  # your own {"prompt", "answer"} rows (bench/tasks/jsonl.py)
 
 
 def build_task(cfg, tokenizer=None) -> Task:
