@@ -90,6 +90,17 @@ def _problem(row, verifier: str, tok) -> Problem | str:
     return why if why else Problem(prompt, answer)
 
 
+def write_example(path: str, rows: int, seed: int) -> None:
+    """A small file to try task=jsonl on: sums of two numbers below 50, "A+B=" -> "A+B's value"
+    (a task the tiny model learns from its warm start on 2 cores)."""
+    rng = random.Random(seed)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for _ in range(rows):
+            a, b = rng.randint(0, 49), rng.randint(0, 49)
+            f.write(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)}) + "\n")
+
+
 class Jsonl(Task):
     name = "jsonl"
     Config = JsonlConfig
