@@ -9,7 +9,7 @@ from helpers import ROOT
 
 README = (ROOT / "README.md").read_text()
 RUN_SH = (ROOT / "scripts" / "run.sh").read_text()
-NUMBERS = json.loads((ROOT / "baselines" / "readme_numbers.json").read_text())["main_job"]
+NUMBERS_FILE = ROOT / "baselines" / "readme_numbers.json"
 
 
 def main_job_line() -> str:
@@ -34,7 +34,7 @@ def test_the_main_job_line_names_the_cells_seeds_and_steps_run_sh_runs():
 
 
 def test_the_main_job_line_quotes_the_recorded_measurement():
-    line, n = main_job_line(), NUMBERS
+    line, n = main_job_line(), json.loads(NUMBERS_FILE.read_text())["main_job"]
     assert f"{n['wall_s'] / 60:.1f} min" in line and n["host_class"] in line and n["commit"] in line
     assert f"{n['control_acc_start']:.3f} -> {n['control_acc_end']:.3f}" in line
     assert len(n["cells"]) == len(list((ROOT / "conf" / "matrix").glob("*.yaml")))
@@ -47,3 +47,28 @@ def test_the_sweeps_section_names_the_launcher_run_sh_passes():
     assert f"hydra/launcher={launcher}" in sweeps
     assert set(re.findall(r"hydra/launcher=(\w+)", sweeps)) == {launcher}
     assert (ROOT / "conf" / "hydra" / "launcher" / f"{launcher}.yaml").is_file()
+
+
+def test_matrix_info_reports_what_ran_and_the_controls_mean_rise(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    for cell, seed, accs in [(("bf16", "bf16", "none"), 0, (0.70, 0.80)), (("bf16", "bf16", "none"), 1, (0.60, 0.65)),
+                             (("bf16", "fp8_blockwise", "tis"), 0, (0.70, 0.10))]:
+        d = tmp_path / "runs" / f"{'-'.join(cell)}-{seed}"
+        d.mkdir(parents=True)
+        cfg = {"trainer_precision": {"name": cell[0]}, "generator_precision": {"name": cell[1]},
+               "is_correction": {"mode": cell[2]}, "seed": seed, "steps": 60}
+        (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+        (d / "evals.jsonl").write_text(f'{{"step": 0, "eval/reversal/accuracy": {accs[0]}}}\n'
+                                       f'{{"step": 60, "eval/reversal/accuracy": {accs[1]}}}\n')
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "matrix_info.py"), str(tmp_path), "avx2", "AVX2", "330"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert info["cells"] == ["bf16/bf16/none", "bf16/fp8_blockwise/tis"] and info["seeds"] == [0, 1]
+    assert abs(info["control_acc_start"] - 0.65) < 1e-12 and abs(info["control_acc_end"] - 0.725) < 1e-12
+    assert "2 cells x 2 seeds x 60 steps in 5.5 min" in r.stdout and "0.650 -> 0.725" in r.stdout
+    assert "a rise of +0.075." in r.stdout and "CPU emulation costs on this host" in r.stdout
