@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from helpers import ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -33,10 +35,11 @@ def test_the_main_job_line_names_the_cells_seeds_and_steps_run_sh_runs():
     assert int(m.group(3)) == int(run_sh_default("steps"))
 
 
-def test_the_main_job_line_quotes_the_recorded_measurement():
-    line, n = main_job_line(), json.loads(NUMBERS_FILE.read_text())["main_job"]
-    assert f"{n['wall_s'] / 60:.1f} min" in line and n["host_class"] in line and n["commit"] in line
-    assert f"{n['control_acc_start']:.3f} -> {n['control_acc_end']:.3f}" in line
+@pytest.mark.skipif(not NUMBERS_FILE.is_file(), reason="no main-job measurement recorded yet (scripts/readme_numbers.py)")
+def test_the_recorded_measurement_is_of_the_matrix_the_code_runs():
+    """Any figure quoted from the measurement must be of the matrix run.sh runs today."""
+    n = json.loads(NUMBERS_FILE.read_text())["main_job"]
+    assert n["host_class"] in ("avx512_bf16", "avx2", "cuda") and n["commit"]
     assert len(n["cells"]) == len(list((ROOT / "conf" / "matrix").glob("*.yaml")))
     assert n["steps"] == [int(run_sh_default("steps"))] and len(n["seeds"]) == len(run_sh_default("seeds").split(","))
 
