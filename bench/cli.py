@@ -4,6 +4,7 @@
   fp8bench gate --baseline B [--rules R] [--test noninferiority|welch] [--allow-config-mismatch]
                 [--junit FILE] [--markdown FILE] RUN_DIR...
   fp8bench baseline record RUN_DIR... -o FILE [--rules R]
+  fp8bench example-jsonl FILE [--rows N] [--seed S]   # a small task=jsonl file to try it on
 
 Exit codes: 0 ok / pass, 1 regression, 2 bad input (one line on stderr, no traceback),
 3 inconclusive (gate: no regression shown, but too few seeds to show the cost is within tolerance).
@@ -29,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
                 "RUN_DIR: a run dir (config.yaml + metrics.jsonl), a sweep dir holding run dirs at any "
                 "depth, or a glob. Exit codes: 0 ok / pass, 1 regression, 2 bad input, 3 inconclusive (gate: "
                 "too few seeds to tell; the report says how many would).")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{compare,gate,baseline}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{compare,gate,baseline,example-jsonl}")
 
     c = sub.add_parser("compare", help="plots + markdown/HTML report of runs grouped into variants",
                        description="Group runs into variants (seeds pooled) and write OUT/report.md, "
@@ -74,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("runs", nargs="+", metavar="RUN_DIR")
     r.add_argument("-o", "--out", required=True, metavar="FILE", help="baseline JSON to write (atomically)")
     r.add_argument("--rules", metavar="R", help="rules YAML whose mean_last_k windows to record too")
+    e = sub.add_parser("example-jsonl", help="write a small {prompt, answer} JSONL file for task=jsonl")
+    e.add_argument("out", metavar="FILE")
+    e.add_argument("--rows", type=int, default=400)
+    e.add_argument("--seed", type=int, default=0)
     return p
 
 
@@ -107,6 +112,14 @@ def main(argv: list[str] | None = None) -> int:
                            allow_config_mismatch=args.allow_config_mismatch, pair=not args.unpaired)
         go.write_outputs(verdicts, args.alpha, args.junit, args.markdown)
         return go.exit_code(verdicts)
+    if args.command == "example-jsonl":
+        from bench.tasks.jsonl import write_example
+
+        if args.rows < 20:
+            raise BadInput(f"--rows {args.rows}: a held-out split needs more; valid: >= 20")
+        write_example(args.out, args.rows, args.seed)
+        print(f"wrote {args.out}: {args.rows} rows of two-number sums (try task.verifier=numeric)")
+        return 0
     from bench.report import baseline as bl
 
     data = bl.record(args.runs, args.rules)

@@ -17,9 +17,9 @@ SPLIT = {"bf16": ({"rollout_prefill": 0.10, "rollout_decode": 0.30, "score": 0.0
          "fp8_blockwise": ({"rollout_prefill": 0.05, "rollout_decode": 0.15, "score": 0.05, "update": 0.50}, 0.015)}
 
 
-def add_timing(run_dir, phases: dict, j_per_token: float, tokens: int = 1000) -> None:
+def add_timing(run_dir, phases: dict, j_per_token: float, tokens: int = 1000, device: str = "NVIDIA H100 80GB HBM3") -> None:
     """Rewrite a fixture run's rows with a `time/*` split (+ a little per-run jitter on update) and
-    its summary with an NVML energy total, as the loop writes them."""
+    its summary with an NVML energy total, the device and the precision per side, as the loop writes them."""
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     jitter = 0.001 * (zlib.crc32(run_dir.name.encode()) % 7)
     for r in rows:
@@ -32,17 +32,24 @@ def add_timing(run_dir, phases: dict, j_per_token: float, tokens: int = 1000) ->
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summ = json.loads((run_dir / "summary.json").read_text())
     summ["energy"] = {"source": "nvml", "total_j": 1.0, "j_per_token": j_per_token}
+    gen = "fp8_blockwise" if "fp8" in run_dir.name else "bf16"
+    summ["device"] = device
+    summ["precision"] = {"trainer": {"recipe": "bf16"}, "generator": {"recipe": gen}}
     (run_dir / "summary.json").write_text(json.dumps(summ))
 
 
-@pytest.fixture
-def timed_matrix(tmp_path):
+def timed(tmp_path, device: str):
     root = tmp_path / "m"
     runs = write_matrix(root, [dict(recipe="grpo"), dict(recipe="grpo", generator="fp8_blockwise", acc_drop=0.01)],
                         noise=0.005)
     for r in runs:
-        add_timing(r, *SPLIT["fp8_blockwise" if "fp8" in r.name else "bf16"])
+        add_timing(r, *SPLIT["fp8_blockwise" if "fp8" in r.name else "bf16"], device=device)
     return root, runs
+
+
+@pytest.fixture
+def timed_matrix(tmp_path):
+    return timed(tmp_path, "NVIDIA H100 80GB HBM3")
 
 
 def expected(runs, gen: str) -> dict:
@@ -86,3 +93,37 @@ def test_runs_without_timing_show_no_cost_and_no_split(tmp_path, capsys):
     assert "## Where the time goes" not in md
     row = [ln for ln in md.splitlines() if ln.startswith("| bf16/fp8_blockwise |")][0].split(" | ")
     assert row[6] == "—"
+
+
+@pytest.mark.parametrize("device", ["cpu (AMD EPYC, 1 threads, AVX2, no native bf16 (emulated))", "NVIDIA A100-SXM4-80GB"])
+def test_where_fp8_is_emulated_the_cost_is_labelled_emulation_not_a_saving(tmp_path, capsys, device):
+    root, _ = timed(tmp_path, device)
+    out = tmp_path / "out"
+    assert fp8bench(["compare", str(root), "-o", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    row = [ln for ln in md.splitlines() if ln.startswith("| bf16/fp8_blockwise |")][0].split(" | ")
+    assert row[6].startswith("emulation on this host, not a precision saving: rollout -50.0%"), row
+    assert "not what the precision saves" in md.split("| variant |")[0]
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("  bf16/fp8_blockwise:")][0]
+    assert "emulation on this host, not a precision saving: rollout -50.0%" in line
+
+
+def test_on_fp8_hardware_the_saving_carries_no_emulation_caveat(timed_matrix, tmp_path):
+    root, _ = timed_matrix
+    assert fp8bench(["compare", str(root), "-o", str(tmp_path / "o")]) == 0
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "emulation" not in md.split("## Where the time goes")[0]
+
+
+@pytest.mark.parametrize("device, recipe, native", [
+    ("NVIDIA H100 80GB HBM3", "fp8_blockwise", True), ("NVIDIA L40S", "fp8_tensorwise", True),
+    ("NVIDIA A100-SXM4-80GB", "fp8_tensorwise", False), ("NVIDIA H200", "mxfp8", False),
+    ("NVIDIA B200", "mxfp8", True), ("NVIDIA B200", "nvfp4", False), ("NVIDIA A100-SXM4-80GB", "bf16", True),
+    ("cpu (x, 2 threads, AVX512, native bf16: avx512_bf16)", "bf16", False), ("Some Future GPU", "fp8_rowwise", False),
+])
+def test_a_precision_counts_as_executed_only_on_a_device_with_its_units(device, recipe, native):
+    from bench.perf.cost import executed_natively
+
+    summary = {"device": device, "precision": {"trainer": {"recipe": "bf16"}, "generator": {"recipe": recipe}}}
+    assert executed_natively(summary) is native
+    assert executed_natively({"device": device}) is False  # nothing recorded about what ran

@@ -77,6 +77,11 @@ def test_a_bare_task_name_takes_every_default_from_its_config_dataclass(name, tm
         f = tmp_path / "corpus.txt"
         f.write_text("lorem ipsum dolor sit amet " * 200)
         cfg["path"] = str(f)
+    if name == "jsonl":
+        from bench.tasks.jsonl import write_example
+
+        write_example(tmp_path / "rows.jsonl", 100, 0)
+        cfg["path"] = str(tmp_path / "rows.jsonl")
     t = build_task(cfg)
     for key, default in asdict(TASKS[name].Config()).items():
         if key not in ("name", "path") and hasattr(t, key):

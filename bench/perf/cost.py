@@ -17,6 +17,7 @@ mean of the per-step values; None when the run had no energy counter.
 """
 from __future__ import annotations
 
+import re
 from statistics import fmean
 
 from bench.perf.timing import PHASES
@@ -102,3 +103,57 @@ def split_table(costs: dict[str, dict]) -> str:
         cells = [f"{c['phase_s'][p] / step:.1%}" if c["phase_s"] and step else "n/a" for p in shown]
         lines.append(f"| {label} | {f'{step * 1e3:.1f}' if step else 'n/a'} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# --- where the figures come from: hardware that executes the precision, or emulation -----------
+# The compute capability a recipe's GEMMs need to run as that precision (FP8 tensor cores: Ada and
+# Hopper, sm89+; MX block scaling: Blackwell, sm100). FP4 GEMMs are not wired (README, FP4), so an
+# FP4 recipe is emulated on every device. High-precision recipes run natively on any CUDA device.
+_NEEDS = {"fp8_delayed": (8, 9), "fp8_tensorwise": (8, 9), "fp8_rowwise": (8, 9), "fp8_blockwise": (8, 9),
+          "mxfp8": (10, 0), "nvfp4": None, "mxfp4": None}
+# summary.json names a CUDA device by torch.cuda.get_device_name only: the capability by family.
+_FAMILIES = ((re.compile(r"\b(B100|B200|GB200|B300|GB300|RTX PRO 6000 Blackwell|RTX 50\d\d)\b"), (10, 0)),
+             (re.compile(r"\b(H100|H200|H800|H20|GH200)\b"), (9, 0)),
+             (re.compile(r"\b(L4|L40S?|RTX 40\d\d|RTX \d000 Ada|Ada)\b"), (8, 9)))
+
+
+def capability(summary: dict | None) -> tuple[int, int] | None:
+    """The CUDA compute capability of the run's device: summary.json's `device_capability` where a
+    run records it, else from the device name's family; None on CPU or an unknown name."""
+    s = summary or {}
+    if s.get("device_capability"):
+        return tuple(s["device_capability"])[:2]
+    dev = str(s.get("device") or "")
+    if not dev or dev.startswith("cpu"):
+        return None
+    return next((cap for pat, cap in _FAMILIES if pat.search(dev)), None)
+
+
+def executed_natively(summary: dict | None) -> bool:
+    """Whether every precision side of the run ran on hardware that executes that precision: a
+    CUDA device whose capability the recipe needs. On CPU everything low-precision (FP8, FP4 and
+    fp16 GEMMs, and bf16 without AVX512-BF16/AMX) is emulated, so its time is emulation's."""
+    s = summary or {}
+    dev = str(s.get("device") or "")
+    if not dev or dev.startswith("cpu"):
+        return False
+    cap, sides = capability(s), (s.get("precision") or {}).values()
+    if not sides:  # no record of what ran: no claim that it ran natively
+        return False
+    for side in sides:
+        name = side.get("recipe") if isinstance(side, dict) else None
+        if name in _NEEDS and (_NEEDS[name] is None or cap is None or cap < _NEEDS[name]):
+            return False
+    return True
+
+
+def labelled(delta: dict, native: bool, accuracy_delta: float | None = None) -> str:
+    """`saving` where the precisions ran on hardware that executes them; elsewhere the same figures
+    named for what they are: what emulating the precision costs on this host, not what it saves."""
+    figures = saving(delta, accuracy_delta)
+    return figures if native else f"emulation on this host, not a precision saving: {figures}"
+
+
+EMULATION_NOTE = ("Time and energy were measured where the precisions are emulated (a CPU, or a GPU "
+                  "without the FP8/FP4 units the recipe needs): the cost column is what emulating them costs "
+                  "on this host, not what the precision saves on hardware that executes it.")

@@ -154,10 +154,13 @@ def summarize(variants: dict[str, Variant], base: str, alpha: float = ALPHA) -> 
                                drift_of(variants[name].runs))
         delta = costs.cost_delta(spent[base], spent[name])
         acc = None if math.isnan(acc_of[name][0]) else acc_of[name][0]
+        # A saving only where both sides ran on hardware that executes their precisions.
+        native = all(costs.executed_natively(r.summary) for r in variants[base].runs + variants[name].runs)
         rows.append({"variant": name, "acc": acc_of[name], "reward": diff(_reward(rec), _reward(brec), alpha),
                      "tmpe": mism[0], "k3": mism[1],
                      "events": ", ".join(f"{k} {ev[k]}" for k in KINDS if ev[k]) or "none", "verdict": words,
-                     "cost": costs.saving(delta, acc) if costs.measured(delta) else None})
+                     "cost": costs.labelled(delta, native, acc) if costs.measured(delta) else None,
+                     "native": native})
     return rows
 
 
@@ -191,6 +194,8 @@ def markdown(rows: list[dict], base: str, alpha: float = ALPHA) -> list[str]:
              f"(−: it saves) beside its Δ accuracy.", "",
              "| variant | Δ acc | Δ reward | tmpe | gen k3 | events | cost | verdict |",
              "|---|---|---|---|---|---|---|---|"]
+    if any(r["cost"] and not r["native"] for r in rows):
+        lines[2:2] = [costs.EMULATION_NOTE, ""]
     for r in rows:
         cells = [r["variant"], pm(*r["acc"][:2]), pm(*r["reward"][:2]), _g(r["tmpe"]), _g(r["k3"]), r["events"],
                  r["cost"] or "—", r["verdict"]]

@@ -8,11 +8,12 @@ from omegaconf import OmegaConf
 from bench.tasks.arith import Arith
 from bench.tasks.arithmetic import Addition, Reversal
 from bench.tasks.base import Problem, Task
+from bench.tasks.jsonl import Jsonl
 from bench.tasks.longstr import LongStr
 from bench.tasks.textfile import TextFile
 
 TASKS: dict[str, type[Task]] = {"addition": Addition, "reversal": Reversal, "textfile": TextFile, "arith": Arith,
-                               "longstr": LongStr}
+                               "longstr": LongStr, "jsonl": Jsonl}
 
 
 def build_task(cfg, tokenizer=None) -> Task:
