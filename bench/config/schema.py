@@ -25,6 +25,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from bench.generation.backend import DEFAULT_BACKEND
 from bench.generation.kernels import KernelConfig  # generator/kernels: the schema lives with the kernels
 from bench.models.decoder import ModelConfig as BuiltinModelConfig
 from bench.numerics.policy import PolicyConfig  # the policy group's schema lives with the policy
@@ -205,6 +206,7 @@ class WarmupConfig:
 
 @dataclass
 class GeneratorConfig:
+    backend: str = DEFAULT_BACKEND  # native (the project's generator) | vllm (a real vLLM engine, DESIGN §13)
     kv_cache_dtype: str = "auto"  # auto (the generator's compute dtype) | fp8
     use_kv_cache: bool = True     # false: recompute the whole prefix per token (the cache-free reference)
     kv_cache_headroom: float = 1.0  # FP8 KV cache: scale set at prefill from amax x headroom (>= 1)
