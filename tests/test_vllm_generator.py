@@ -105,3 +105,38 @@ def test_vllm_logprobs_of_fixed_tokens_track_the_trainer_over_three_refits():
         assert gen.refits == 4 and len(gen.sync_s) == 4
     finally:
         gen.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_grpo_with_the_vllm_generator_trains_logs_mismatch_resumes_and_reports(tmp_path):
+    """scripts/grpo generator.backend=vllm: three steps, every step's mismatch against the real
+    engine and its weight_sync time; stopped after two and resumed, it reproduces the full run's
+    rewards and mismatch (sampling seeds are per (seed, step, shard)); compare reads the runs."""
+    if not vllm_available():
+        pytest.skip(NOT_INSTALLED)
+    import json
+
+    from helpers import read_jsonl, run_in_process
+
+    common = ["model.n_layers=2", "steps=3", "eval_every=3", "checkpoint_every=1", "eval_problems=8",
+              "grpo.prompts_per_step=2", "grpo.group_size=4", "warmup.steps=10", "monitor.interval=0",
+              f"warmup.cache_dir={tmp_path / 'cache'}", "trainer_precision=fp32", "generator_precision=fp32",
+              "device=cpu", *VLLM]
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert run_in_process("grpo", common + [f"run_dir={full}"]) == 0
+    rows = [m for m in read_jsonl(full / "metrics.jsonl") if "mismatch/token_mult_prob_error" in m]
+    assert [m["step"] for m in rows] == [0, 1, 2]
+    for m in rows:  # fp32 engine vs fp32 trainer: kernel noise only, but measured, not 1 by construction
+        assert abs(m["mismatch/token_mult_prob_error"] - 1) < 1e-3 and m["time/weight_sync_s"] > 0
+    summary = json.loads((full / "summary.json").read_text())
+    assert summary["engines"]["generator"] == "vllm" and summary["vllm"]["dtype"] in ("float32", "torch.float32")
+    assert summary["vllm"]["startup_s"] > 0 and summary["vllm"]["logprobs_mode"] == "processed"
+    assert run_in_process("grpo", common + [f"run_dir={part}", "stop_after=2"]) == 0
+    assert run_in_process("grpo", common + [f"run_dir={part}", "resume=true"]) == 0
+    keys = ("rollout/reward_mean", "mismatch/token_mult_prob_error", "rollout/response_len_mean")
+    a = {m["step"]: [m.get(k) for k in keys] for m in read_jsonl(full / "metrics.jsonl")}
+    b = {m["step"]: [m.get(k) for k in keys] for m in read_jsonl(part / "metrics.jsonl")}
+    assert a == b
+    from bench.cli import main as cli_main
+    assert cli_main(["compare", str(full), str(part), "-o", str(tmp_path / "report")]) == 0
