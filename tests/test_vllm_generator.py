@@ -112,7 +112,8 @@ def test_vllm_logprobs_of_fixed_tokens_track_the_trainer_over_three_refits():
 def test_grpo_with_the_vllm_generator_trains_logs_mismatch_resumes_and_reports(tmp_path):
     """scripts/grpo generator.backend=vllm: three steps, every step's mismatch against the real
     engine and its weight_sync time; stopped after two and resumed, it reproduces the full run's
-    rewards and mismatch (sampling seeds are per (seed, step, shard)); compare reads the runs."""
+    rewards and mismatch (sampling seeds are per (seed, step, shard)); compare, baseline and gate
+    read the runs like any other."""
     if not vllm_available():
         pytest.skip(NOT_INSTALLED)
     import json
@@ -140,3 +141,8 @@ def test_grpo_with_the_vllm_generator_trains_logs_mismatch_resumes_and_reports(t
     assert a == b
     from bench.cli import main as cli_main
     assert cli_main(["compare", str(full), str(part), "-o", str(tmp_path / "report")]) == 0
+    base = tmp_path / "baseline.json"
+    assert cli_main(["baseline", "record", str(full), "-o", str(base)]) == 0
+    # one seed: the gate reads the run and gives a verdict (pass / regression / inconclusive), not bad input
+    assert cli_main(["gate", "--baseline", str(base), str(part), "--markdown", str(tmp_path / "gate.md")]) in (0, 1, 3)
+    assert (tmp_path / "gate.md").read_text().strip()

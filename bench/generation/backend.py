@@ -28,8 +28,12 @@ def build_generator(cfg, model_cfg, device):
                              seed=cfg.seed)
     from bench.generation.generator import Generator
 
+    # generator.logprobs_mode belongs to the native generator's schema (added on the kernels
+    # branch): passed on only where the config has it, so this works on either side of that merge.
+    extra = {"logprobs_mode": gen.logprobs_mode} if "logprobs_mode" in gen else {}
     return Generator(model_cfg, cfg.generator_precision, device, kv_cache_dtype=gen.kv_cache_dtype,
-                     kv_cache_headroom=gen.kv_cache_headroom, kernels=gen.kernels, lm_head_fp32=cfg.lm_head_fp32)
+                     kv_cache_headroom=gen.kv_cache_headroom, kernels=gen.kernels, lm_head_fp32=cfg.lm_head_fp32,
+                     **extra)
 
 
 def close_generator(generator, summary: dict | None = None) -> None:
