@@ -33,6 +33,7 @@ of the bias a stack that ignores it gets is measured in docs/findings.md ("vLLM-
 """
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import statistics
 import tempfile
@@ -117,7 +118,8 @@ class VLLMGenerator:
         if plan.name not in VLLM_DTYPES or plan.fp8_modules:
             raise BadInput(f"generator_precision={plan.name} with generator.backend=vllm; valid: "
                            f"{', '.join(VLLM_DTYPES)}")
-        self.cfg, self.plan, self.seed = model_cfg, plan, int(seed)
+        # the plan as the native one's, its engine named for what runs (printed, in summary.json)
+        self.cfg, self.plan, self.seed = model_cfg, dataclasses.replace(plan, engine="vllm"), int(seed)
         self._args = dict(dtype=VLLM_DTYPES[plan.name], kv_cache_dtype="fp8" if kv_cache_dtype == "fp8" else "auto",
                           logprobs_mode=LOGPROBS_MODES[logprobs], seed=int(seed),
                           max_model_len=int(model_cfg.max_seq_len), kv_cache_gib=kv_cache_gib, python=python)
