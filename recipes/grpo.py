@@ -28,7 +28,7 @@ from bench.train import distributed
 from bench.generation.attribution import attribute_step
 from bench.train.eval import evaluate
 from bench.core.events import Event
-from bench.generation import Generator
+from bench.generation import Generator, build_generator, close_generator
 from bench.generation.perturb import Perturbation
 from bench.models.decoder import Transformer, token_logprobs
 from bench.models import build_model
@@ -73,9 +73,7 @@ def build(s: Session) -> Parts:
     model = build_model(s.model_cfg, device)
     model.lm_head_fp32 = cfg.lm_head_fp32  # both sides (DESIGN §11); the generator gets it below
     plan, engine = plan_precision(model, cfg.trainer_precision, device)  # validates before compute
-    generator = Generator(s.model_cfg, cfg.generator_precision, device, kv_cache_dtype=cfg.generator.kv_cache_dtype,
-                          kv_cache_headroom=cfg.generator.kv_cache_headroom, kernels=cfg.generator.kernels,
-                          lm_head_fp32=cfg.lm_head_fp32, logprobs_mode=cfg.generator.logprobs_mode)
+    generator = build_generator(cfg, s.model_cfg, device)  # generator.backend: native | vllm (DESIGN §13)
     # The policy loss is ~0 by construction and the grad norm heavy-tailed: no one-step spike
     # detector; watch the trends that mean something in RL (bench/numerics/policy.py).
     perturb = Perturbation(typed_perturb(cfg))  # SYNTHETIC: off unless generator.perturb.sigma > 0
@@ -178,7 +176,7 @@ def train(s: Session) -> int:
     def state() -> dict:
         return {"trainer": trainer.state_dict(), "opt_step": opt_step, "drift": drift.state_dict()}
 
-    with s.running(p.monitor.close):
+    with s.running(p.monitor.close, lambda: close_generator(p.generator, s.summary)):
         if start == 0:  # the warm-started policy: the start every later eval is compared with
             s.run_eval(0, run_eval)
         for step in range(start, cfg.steps):

@@ -163,9 +163,23 @@ def check_generator(cfg) -> None:
     need(gen.kv_cache_headroom >= 1.0, f"generator.kv_cache_headroom={gen.kv_cache_headroom}; valid: a number >= 1 "
                                        f"(the prefill's amax maps to 448 / headroom)")
     kernel_config(gen.kernels).check()
+    check_backend(cfg)
     a = cfg.attribution
     need(a.interval >= 0, f"attribution.interval={a.interval}; valid: an integer >= 0 (0 = off)")
     need(a.threshold >= 0, f"attribution.threshold={a.threshold}; valid: a number >= 0")
+
+
+def check_backend(cfg) -> None:
+    """generator.backend: a known one; vllm's own rules (bench/generation/vllm_backend.py check_vllm)."""
+    import torch
+
+    from bench.generation.backend import BACKENDS, backend_of
+
+    one_of(backend_of(cfg.generator), "generator.backend", BACKENDS)
+    if backend_of(cfg.generator) == "vllm":
+        from bench.generation.vllm_backend import check_vllm
+
+        check_vllm(cfg, on_cpu=cfg.device == "cpu" or not torch.cuda.is_available())
 
 
 def check_model(model_cfg):

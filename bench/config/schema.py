@@ -26,6 +26,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from bench.generation.perturb import PerturbConfig  # generator.perturb: SYNTHETIC fault injection
+from bench.generation.backend import DEFAULT_BACKEND
 from bench.generation.kernels import KernelConfig  # generator/kernels: the schema lives with the kernels
 from bench.generation.generator import LOGPROBS_MODES
 from bench.models.decoder import ModelConfig as BuiltinModelConfig
@@ -207,6 +208,7 @@ class WarmupConfig:
 
 @dataclass
 class GeneratorConfig:
+    backend: str = DEFAULT_BACKEND  # native (the project's generator) | vllm (a real vLLM engine, DESIGN §13)
     kv_cache_dtype: str = "auto"  # auto (the generator's compute dtype) | fp8
     use_kv_cache: bool = True     # false: recompute the whole prefix per token (the cache-free reference)
     kv_cache_headroom: float = 1.0  # FP8 KV cache: scale set at prefill from amax x headroom (>= 1)

@@ -18,7 +18,7 @@ the outermost phases are disjoint sub-intervals of the step, and
 
 `other` = step wall time - that sum: time between phases (loop bookkeeping, tensor gathers the
 loop did not put in a phase, Python between calls). It is >= 0 by construction (disjoint
-sub-intervals of a monotonic clock, integer arithmetic), never hidden, and the eleven fractions
+sub-intervals of a monotonic clock, integer arithmetic), never hidden, and the twelve fractions
 `<phase>_s / step_s` add up to 1 (up to the last bit of the float division).
 A phase opened again inside itself (update inside update) is counted once: the inner interval is
 subtracted from the outer one and added back as the inner's own time.
@@ -39,6 +39,9 @@ optimizer's kernels) lands in the next step. `time/synced` is 0 on these steps: 
 only. `sync_interval=0` never synchronises. On CPU (and any synchronous device) host time is
 device time: no sync is ever issued and every step reports `time/synced` = 1.
 
+`weight_sync` (generator.backend=vllm, DESIGN §13): exporting the trainer's weights and loading
+them into the engine in place, inside `refit`.
+
 Code that has no handle on the timer (the generator's prefill/decode, collective helpers) uses
 the module-level `phase(name)`: it times into the timer whose step is open in this process, and
 costs one global read when none is (a no-op outside a step).
@@ -57,7 +60,7 @@ if TYPE_CHECKING:  # torch is imported where a device is resolved: report tools 
     import torch
 
 PHASES = ("refit", "rollout_prefill", "rollout_decode", "score", "update", "eval", "checkpoint",
-          "monitor", "comm", "data_wait", "other")
+          "monitor", "comm", "data_wait", "weight_sync", "other")
 MEASURED = PHASES[:-1]  # `other` is what is left, never entered
 ENERGY_SOURCES = ("auto", "nvml", "rapl", "off")
 
@@ -194,7 +197,7 @@ class PhaseTimer:
         _ACTIVE = self
 
     def end_step(self, tokens: int | None = None) -> dict[str, float]:
-        """`time/<phase>_s`, `time/<phase>_frac` for all eleven phases and `time/synced`; with an
+        """`time/<phase>_s`, `time/<phase>_frac` for all twelve phases and `time/synced`; with an
         energy meter also `energy/step_j` and `energy/j_per_token` (tokens: this step's count)."""
         global _ACTIVE
         if self._t0 is None:
