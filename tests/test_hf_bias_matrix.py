@@ -114,3 +114,25 @@ def test_qwen2_trainer_precision_trains_the_biases(name):
             grads = [p.grad for n, p in m.named_parameters() if n.endswith("q_proj.bias")]
             assert grads and all(g is not None and g.abs().sum() > 0 for g in grads), name
     assert outs[0] < 0.5 * outs[1], outs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gen", ["fp8_tensorwise", "nvfp4"])
+def test_qwen2_checkpoint_trains_through_grpo_with_a_low_precision_generator_and_resumes(gen, tmp_path):
+    """The issue's path: a local Qwen2 dir (q/k/v biases), GRPO with an FP8 / FP4 generator and the
+    inference kernels, stopped after step 1 and resumed: every step once, the run completed."""
+    import json
+
+    from hf_dirs import write_model
+    from helpers import read_jsonl, run_in_process
+
+    model = write_model(tmp_path / "qwen2")
+    d = tmp_path / "run"
+    args = ["model=hf", f"model.path={model}", f"generator_precision={gen}", "warmup.steps=0", "steps=2",
+            "eval_every=2", "checkpoint_every=1", "eval_problems=2", "grpo.prompts_per_step=2", "grpo.group_size=2",
+            f"run_dir={d}"]
+    assert run_in_process("grpo", [*args, "stop_after=1"]) == 0
+    assert run_in_process("grpo", [*args, "resume=true"]) == 0
+    assert [r["step"] for r in read_jsonl(d / "metrics.jsonl")] == [0, 1]
+    assert json.loads((d / "summary.json").read_text())["status"] == "completed"
+    assert all(r["mismatch/token_mult_prob_error"] > 1.0 for r in read_jsonl(d / "metrics.jsonl"))

@@ -19,7 +19,7 @@ KINDS = (
     "overflow", "underflow", "nonfinite", "loss_spike", "grad_spike", "mismatch_spike",
     "skip_step", "fallback", "eval_regression", "halt", "preempt", "resume",
     "loss_divergence", "grad_divergence", "accuracy_collapse", "reward_collapse", "entropy_collapse",
-    "lock_takeover", "mismatch_drift",
+    "lock_takeover", "mismatch_drift", "metrics_row_lost",
 )
 ACTIONS = ("log", "halt", "skip_step", "fallback", "checkpoint_and_exit", "resume", "take_over")
 

@@ -37,7 +37,7 @@ from omegaconf import OmegaConf
 
 from bench.train import checkpoint as ckpt
 from bench.train import distributed
-from bench.run import rundir
+from bench.run import repair, rundir
 from bench.core import lock as runlock
 from bench.config import pick_device, validate  # noqa: F401  (pick_device: re-exported)
 from bench.perf.energy import EnergyMeter
@@ -99,15 +99,11 @@ class Session:
         if not self.dist.is_main:
             self.log, self.summary = NullLogger(), {"final": {}, "best": {}}
             return
-        cut = {}
-        # The files must read as one run: move aside what followed the checkpoint. (A checkpoint
-        # from before sizes were recorded cannot say where to cut: its files are left as they are.)
-        if self.resume_state is not None and "jsonl_sizes" in self.resume_state:
-            sizes = dict(self.resume_state["jsonl_sizes"])
-            if self.resume_state.get("row_pending") is not None and "metrics.jsonl" in sizes:
-                sizes["metrics.jsonl"] = _with_row(self.run_dir / "metrics.jsonl", sizes["metrics.jsonl"],
-                                                   self.resume_state["row_pending"])
-            cut = rundir.cut_back(self.run_dir, sizes, time.strftime("%Y%m%dT%H%M%S"))
+        notes, lost = [], []
+        # The files must read as one run: move aside what followed the checkpoint, and any row
+        # that can no longer be read, naming the steps (bench/run/repair.py).
+        if self.resume_state is not None:
+            notes, lost = repair.resume_cut(self.run_dir, self.resume_state, time.strftime("%Y%m%dT%H%M%S"))
         if self.resume_state is not None:  # summary.json's time/energy totals cover the kept rows too
             rows = _rows(self.run_dir / "metrics.jsonl")
             self.timer.add_rows(rows)
@@ -133,8 +129,10 @@ class Session:
                             "take_over", stat="pid"))
         if self.resume_state is not None:
             self.emit(Event(start_step, "resume", "checkpoint", start_step, 0, "resume", stat="step"))
-            for name, n in cut.items():
-                print(f"resume: moved {n} bytes of {name} written after step {start_step} to {name}.cut-*", flush=True)
+            for line in notes:
+                print(line, flush=True)
+            for step in lost:
+                self.emit(Event(max(step, 0), "metrics_row_lost", "metrics.jsonl", step, 0, "log", stat="step"))
         # Slurm preemption and Ctrl-C: finish the step in flight, checkpoint, exit cleanly.
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._request_stop)
@@ -325,17 +323,7 @@ class Session:
         return int(state["step"])
 
 
-def _with_row(path: Path, size: int, step: int) -> int:
-    """`size`, extended by the next line of `path` when that is the complete metrics row of `step`
-    (the row end_step writes after the step's checkpoint)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(size)
-            line = f.readline()
-        row = json.loads(line) if line.endswith(b"\n") else None
-    except (OSError, ValueError):
-        return size
-    return size + len(line) if isinstance(row, dict) and row.get("step") == step else size
+_with_row = repair.with_row  # the name tests/test_timing_wire.py imports
 
 
 def _rows(path: Path) -> list[dict]:
