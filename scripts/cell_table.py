@@ -37,7 +37,9 @@ for c, rows in cells.items():
     for k in rows[0]:
         if k == "seed":
             continue
-        v = [r[k] for r in rows]
+        v = [r[k] for r in rows if r[k] == r[k]]  # growth is NaN below two windows of steps
+        if not v:
+            continue
         s[k] = {"mean": st.mean(v), "std": st.stdev(v) if len(v) > 1 else 0.0}
         if c != base and k in ("final_accuracy", "reward_last5", "final_partial"):
             b = {r["seed"]: r[k] for r in cells[base]}
