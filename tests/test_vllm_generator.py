@@ -47,6 +47,14 @@ def test_builtin_decoder_exported_as_hf_llama_computes_the_same_fp32_logits(kw):
     torch.testing.assert_close(theirs, ours, rtol=0, atol=2e-5)
 
 
+def hf_model(seed=0):
+    from bench.config.schema import ModelConfig as SchemaModelConfig
+    from bench.models import build_model
+
+    torch.manual_seed(seed)
+    return build_model(SchemaModelConfig(kind="hf", arch="qwen3", n_kv_heads=2, init_std=0.1)).eval()
+
+
 VLLM = ["generator.backend=vllm"]
 
 
@@ -77,12 +85,15 @@ def test_vllm_backend_passes_validation_where_it_can_run():
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_vllm_logprobs_of_fixed_tokens_track_the_trainer_over_three_refits():
+@pytest.mark.parametrize("kind", ["builtin", "hf_qwen3"])
+def test_vllm_logprobs_of_fixed_tokens_track_the_trainer_over_three_refits(kind):
     """After each refit the engine's teacher-forced log-probs equal the trainer's current fp32 ones
-    within fp32 kernel noise, and are far from the previous weights' (so the reload happened)."""
+    within fp32 kernel noise, and are far from the previous weights' (so the reload happened).
+    Both kinds: the built-in decoder exported as a Llama, and model=hf (a Qwen3, q/k norms and
+    GQA) with its own config and names."""
     if not vllm_available():
         pytest.skip(NOT_INSTALLED)
-    model = builtin()
+    model = builtin() if kind == "builtin" else hf_model()
     gen = VLLMGenerator(model.cfg, PrecisionPlan(name="fp32", engine="fp32", side="generator"))
     rng = torch.Generator().manual_seed(2)
     tokens = torch.randint(0, model.cfg.vocab_size, (4, 24), generator=rng)

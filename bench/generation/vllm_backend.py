@@ -100,7 +100,11 @@ def _full(t: torch.Tensor) -> torch.Tensor:
 def hf_export(model) -> tuple[dict, dict]:
     """(HF-named fp32 state dict, HF config dict) of the trainer's model, either kind."""
     if hasattr(model, "hf"):  # model=hf: the transformers model under the adapter, its own names
-        return {k: _full(v) for k, v in model.hf.state_dict().items()}, model.hf.config.to_dict()
+        conf = model.hf.config.to_dict()
+        # a model built from a config (model.arch) has no `architectures`: vLLM would then pick
+        # its pooling (embedding) runner, not the causal LM
+        conf["architectures"] = conf.get("architectures") or [type(model.hf).__name__]
+        return {k: _full(v) for k, v in model.hf.state_dict().items()}, conf
     sd = model.state_dict()
     out = {hf_name(k): _full(v) for k, v in sd.items()
            if not (k == "lm_head.weight" and model.cfg.tie_embeddings)}
