@@ -16,6 +16,7 @@ from bench.precision.mixed import autocast_context
 from bench.precision.plan import select_fp8_modules
 from bench.rl.mismatch import mismatch_metrics
 from bench.tasks import build_task
+from hf_dirs import char_tokenizer  # noqa: E402,F401  (one builder; test_arith/test_tasks import it from here)
 
 ARCHS = ("llama", "qwen2", "qwen3")
 
@@ -27,20 +28,6 @@ def tiny(arch: str, **kw) -> ModelConfig:
 def trained(cfg: ModelConfig, seed: int = 0):
     torch.manual_seed(seed)
     return build_model(cfg)
-
-
-def char_tokenizer():
-    """A character-level HF tokenizer built in code (nothing downloaded)."""
-    import string
-
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", *string.printable[:95]])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
 
 
 @pytest.mark.parametrize("arch", ARCHS)
