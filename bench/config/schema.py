@@ -253,6 +253,7 @@ class RunConfig:
     keep_checkpoints: int = 2
     device: str = "auto"          # auto | cpu | cuda | cuda:N
     threads: int = 0              # torch.set_num_threads (0 = torch's default)
+    cpu_half_gemm: str = "auto"   # auto | native | fp32: bf16/fp16 CPU GEMMs (bench/precision/cpu_gemm.py)
     parallel: str = "ddp"         # under torchrun: ddp (replicate) | fsdp (FSDP2 fully_shard per block)
     run_name: str = MISSING
     run_dir: str = MISSING

@@ -27,6 +27,7 @@ from bench.config.groups import (check_generator, check_model, check_grpo, check
                                  check_policy, check_precision, check_stress)
 from bench.config.rundir_checks import check_resume, check_run_dir
 from bench.core.errors import BadInput
+from bench.precision.cpu_gemm import CHOICES as CPU_GEMM_CHOICES
 from bench.models.decoder import ModelConfig
 from bench.models import load_tokenizer, meta_model
 from bench.tasks import Task, build_task
@@ -101,6 +102,8 @@ def check_run(cfg, recipe: str) -> None:
     if recipe == "pretrain":
         positive(cfg, "", "batch_size")
     need(cfg.threads >= 0, f"threads={cfg.threads} must be >= 0; valid: 0 (torch's default) or a thread count")
+    need(cfg.cpu_half_gemm in CPU_GEMM_CHOICES,
+         f"cpu_half_gemm={cfg.cpu_half_gemm} is not a choice; valid: {', '.join(CPU_GEMM_CHOICES)}")
     need(cfg.seed >= 0, f"seed={cfg.seed} must be >= 0; valid: >= 0")
     need(cfg.stop_after is None or cfg.stop_after >= 1,
          f"stop_after={cfg.stop_after} must be a step >= 1; valid: null (run to the end) or 1..{cfg.steps}")
