@@ -2,9 +2,9 @@
 
   HOST_CLASS   avx512_bf16  a CPU with native bf16 dot products (AVX512-BF16 or AMX-BF16 in
                             /proc/cpuinfo): bf16 GEMMs run at speed
-               avx2         a CPU without them: torch emulates bf16 (and fp16) GEMMs, several
-                            times slower (the user trial of issue 26: 24m52s for the matrix that
-                            took 5m05s on an avx512_bf16 host)
+               avx2         a CPU without them: torch's own bf16 and fp16 GEMMs are 30-60x slower
+                            than fp32 there, so runs take them through fp32 (cpu_half_gemm=auto,
+                            bench/precision/cpu_gemm.py)
                cuda         an NVIDIA GPU is visible
   HOST_CAPABILITY  torch.backends.cpu.get_cpu_capability() (or the CUDA compute capability)
   HOST_CORES   usable cores (sched_getaffinity)
@@ -12,16 +12,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
 
-
-def cpu_flags() -> set[str]:
-    try:
-        return set(next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")).split())
-    except (OSError, StopIteration):
-        return set()
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.precision.cpu_gemm import native_bf16_dot  # noqa: E402  (one place for the flag test)
 
 
 def host_class() -> tuple[str, str]:
@@ -29,7 +26,7 @@ def host_class() -> tuple[str, str]:
         major, minor = torch.cuda.get_device_capability()
         return "cuda", f"sm{major}{minor}"
     cap = torch.backends.cpu.get_cpu_capability()
-    return ("avx512_bf16" if cpu_flags() & {"avx512_bf16", "amx_bf16"} else "avx2"), cap
+    return ("avx512_bf16" if native_bf16_dot() else "avx2"), cap
 
 
 if __name__ == "__main__":

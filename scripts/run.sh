@@ -4,16 +4,21 @@
 # inference engine does (generator/kernels=inference, the GRPO default: DESIGN.md section 11), seeds
 # per cell (3, or 2 on AVX2-only hosts), then `fp8bench gate` and `fp8bench compare` against the bf16/bf16 cell. Extra arguments
 # are Hydra overrides for every cell (e.g. steps=80 or seed=0,1,2,3,4); FP8BENCH_SEEDS (default
-# by host class, below) and FP8BENCH_STEPS (default 60) set the defaults that an explicit seed=/steps= replaces.
+# by host class, below) and FP8BENCH_STEPS (default by host class) set the defaults that an explicit seed=/steps= replaces.
 #
-# Why 60 steps: the bf16/bf16 control must learn within the run, or the matrix cannot say what
-# precision costs to learning. From the cached reversal warm start (held-out accuracy 0.70), 30
-# steps at optim.lr=2e-4 left it at 0.705 (and 0.46 -> 0.435 in a user's trial); 60 steps took it
-# to 0.805 (seed 0); lr=4e-4 or 1e-3 first collapsed it (0.47, 0.05 at step 10). Why 3 seeds (2 on
-# AVX2-only hosts): 60 steps cost twice 30, and the whole job must fit 10 minutes on 2 cores.
-# fp16 GEMMs have no native CPU path (a 1152x128x384 fp16 GEMM takes 58 ms on a 2-core host
-# against 1.7 ms in bf16), so the fp16/fp16 cell is the slowest. What ran and how much the control
-# rose: the "What was run" section at the end of report.md (scripts/matrix_info.py).
+# Why these sizes: the bf16/bf16 control must learn within the run, or the matrix cannot say what
+# precision costs to learning, and the whole job must fit 10 minutes on 2 cores. The cached
+# 150-step reversal warm start sits on the steep part of its learning curve, so where it lands
+# depends on the host's fp32 kernels: held-out accuracy 0.70 on an AVX512-bf16 host, 0.46 on an
+# AVX2-only one (250 warm-up steps reach 1.0 on both: nothing left to learn). From 0.70, 60 GRPO
+# steps took the control to 0.80 (3 seeds); from 0.46 it first dips (0.37-0.42 at step 20-40, at
+# every lr tried: 1e-4, 2e-4, 3e-4, and with 20 lr warm-up steps) and climbs back past its start
+# only after ~80 steps: 0.46 -> 0.50 / 0.56 at step 100, 0.52 / 0.565 at 120 (seeds 0, 1). So an
+# AVX2-only host runs 120 steps, and to stay within 10 minutes the three cells that ask the main
+# question (the FP8 generator, with and without TIS, against the control) on 2 seeds; there its
+# bf16/fp16 GEMMs go through fp32 (cpu_half_gemm=auto, bench/precision/cpu_gemm.py: 3x faster
+# steps, the same numbers up to fp32 summation order). What ran and how much the control rose:
+# the "What was run" section at the end of report.md (scripts/matrix_info.py).
 #
 # Writes runs/matrix/<stamp>/{report.md,report.html,*.png,gate.xml,gate.md,gate.txt} and the run
 # dirs under runs/matrix/<stamp>/runs/. The last lines printed are the verdict per variant.
@@ -29,21 +34,17 @@ mkdir -p "$out"
 
 start=$(date +%s)
 
-# Host class (scripts/host_class.py): without native bf16 dot products (AVX2-only CPUs) torch
-# emulates bf16 and fp16 GEMMs several times slower, and the full matrix took 24m52s on such a
-# 2-core host (issue 26). There the matrix drops the fp16/fp16 cell (no CPU fp16 GEMM path: the
-# slowest cell by far) and runs 2 seeds (estimated, not measured, to fit 10 minutes); report.md
-# says what ran.
+# Host class (scripts/host_class.py): seeds, steps and cells by host (see "Why these sizes" above).
 eval "$($py scripts/host_class.py)"
 case "$HOST_CLASS" in
-    avx2) seeds_default=0,1; cells='+matrix=glob(*,exclude=fp16-fp16)' ;;
-    *)    seeds_default=0,1,2; cells='+matrix=glob(*)' ;;
+    avx2) seeds_default=0,1; steps_default=120; cells='+matrix=bf16-bf16,bf16-fp8,bf16-fp8-tis' ;;
+    *)    seeds_default=0,1,2; steps_default=60; cells='+matrix=glob(*)' ;;
 esac
 echo "host class: $HOST_CLASS ($HOST_CAPABILITY, $HOST_CORES cores)"
 
 defaults=()
 case " $* " in *" seed="*) ;; *) defaults+=("seed=${FP8BENCH_SEEDS:-$seeds_default}") ;; esac
-case " $* " in *" steps="*) ;; *) defaults+=("steps=${FP8BENCH_STEPS:-60}") ;; esac
+case " $* " in *" steps="*) ;; *) defaults+=("steps=${FP8BENCH_STEPS:-$steps_default}") ;; esac
 
 # The shared warm start is trained once, before the parallel jobs race to build it.
 $py -m recipes.grpo steps=1 eval_problems=8 "run_dir=$out/warmup_probe" logger=disabled "$@" >/dev/null

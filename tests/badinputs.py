@@ -36,6 +36,7 @@ BAD_PRETRAIN = [
     Case("unknown_wandb_mode", "pretrain", ["logger.wandb.mode=loud"], ("logger.wandb.mode='loud'", "valid: auto")),
     Case("unknown_parallel", "pretrain", ["parallel=tp"], ("parallel='tp'", "valid: ddp, fsdp")),
     Case("unknown_device", "pretrain", ["device=tpu"], ("device='tpu'", "valid: auto, cpu")),
+    Case("unknown_cpu_half_gemm", "pretrain", ["cpu_half_gemm=fast"], ("cpu_half_gemm=fast", "valid: auto, native, fp32")),
     Case("unknown_shadow_recipe", "pretrain", ["monitor.shadow=[bogus]"], ("'bogus'", "valid: fp8_delayed")),
     Case("unknown_stress_module", "pretrain", ["stress=outlier", "stress.module=layers.9.mlp.down"],
          ("'layers.9.mlp.down'", "valid: layers.0.attn.q")),
