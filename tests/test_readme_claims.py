@@ -18,30 +18,33 @@ def main_job_line() -> str:
     return next(ln for ln in README.splitlines() if ln.startswith("scripts/run.sh ") and "main job" in ln)
 
 
-def run_sh_default(name: str) -> str:
-    """The value run.sh uses for NAME on a host with native bf16 (its non-avx2 branch)."""
-    if name == "steps":
-        return re.search(r'"steps=\$\{FP8BENCH_STEPS:-(\d+)\}"', RUN_SH).group(1)
-    return re.search(r"\*\)\s+seeds_default=([\d,]+);", RUN_SH).group(1)
+def run_sh_branch(host_class: str) -> dict:
+    """The seeds, steps and cells run.sh picks on HOST_CLASS (its `case "$HOST_CLASS"` branches)."""
+    pat = r"avx2\)" if host_class == "avx2" else r"\*\)"
+    m = re.search(pat + r"\s+seeds_default=([\d,]+); steps_default=(\d+); cells='\+matrix=([^']+)'", RUN_SH)
+    assert m, f"run.sh has no {host_class} branch of the expected shape"
+    all_cells = sorted(p.stem for p in (ROOT / "conf" / "matrix").glob("*.yaml"))
+    cells = all_cells if m.group(3) == "glob(*)" else m.group(3).split(",")
+    assert set(cells) <= set(all_cells), cells
+    return {"seeds": m.group(1).split(","), "steps": int(m.group(2)), "cells": cells}
 
 
 def test_the_main_job_line_names_the_cells_seeds_and_steps_run_sh_runs():
-    m = re.search(r"(\d+) cells x (\d+) seeds x (\d+) steps", main_job_line())
-    assert m, main_job_line()
-    cells = len(list((ROOT / "conf" / "matrix").glob("*.yaml")))
-    assert "'+matrix=glob(*)'" in RUN_SH  # every cell of conf/matrix on a native-bf16 host
-    assert int(m.group(1)) == cells
-    assert int(m.group(2)) == len(run_sh_default("seeds").split(","))
-    assert int(m.group(3)) == int(run_sh_default("steps"))
+    line = main_job_line()
+    claims = re.findall(r"(\d+) cells x (\d+) seeds x (\d+) steps", line)
+    assert len(claims) == 2 and "AVX2-only CPUs:" in line.split(claims[1][0] + " cells")[0], line
+    for (cells, seeds, steps), host in zip(claims, ("avx512_bf16", "avx2")):
+        b = run_sh_branch(host)
+        assert (int(cells), int(seeds), int(steps)) == (len(b["cells"]), len(b["seeds"]), b["steps"]), host
 
 
 @pytest.mark.skipif(not NUMBERS_FILE.is_file(), reason="no main-job measurement recorded yet (scripts/readme_numbers.py)")
 def test_the_recorded_measurement_is_of_the_matrix_the_code_runs():
-    """Any figure quoted from the measurement must be of the matrix run.sh runs today."""
+    """Any figure quoted from the measurement must be of the matrix run.sh runs today on that host class."""
     n = json.loads(NUMBERS_FILE.read_text())["main_job"]
     assert n["host_class"] in ("avx512_bf16", "avx2", "cuda") and n["commit"]
-    assert len(n["cells"]) == len(list((ROOT / "conf" / "matrix").glob("*.yaml")))
-    assert n["steps"] == [int(run_sh_default("steps"))] and len(n["seeds"]) == len(run_sh_default("seeds").split(","))
+    b = run_sh_branch(n["host_class"])
+    assert len(n["cells"]) == len(b["cells"]) and n["steps"] == [b["steps"]] and len(n["seeds"]) == len(b["seeds"])
 
 
 def test_the_sweeps_section_names_the_launcher_run_sh_passes():
