@@ -1,7 +1,7 @@
 """Per-cell, per-seed table of a matrix sweep dir (issue 25, docs/findings.md "What disagreement costs"):
 final eval accuracy (and partial score where logged), rollout reward / tmpe / gen_kl_k3 over the last 5
 steps, their growth (bench/numerics/drift.py, window 10), mismatch_drift events; mean, std and a
-two-sided paired-by-seed t-test against the baseline cell.
+two-sided paired-by-seed t-test and the 95% CI of the mean paired difference against the baseline cell.
     python scripts/cell_table.py SWEEP_DIR/runs MATRIX_GROUP BASE_CELL > table.json
 """
 import glob, json, re, statistics as st, sys
@@ -45,7 +45,10 @@ for c, rows in cells.items():
             b = {r["seed"]: r[k] for r in cells[base]}
             pairs = [(r[k], b[r["seed"]]) for r in rows if r["seed"] in b]
             if len(pairs) > 1:
-                s[k]["delta_mean"] = st.mean(x - y for x, y in pairs)
+                d = [x - y for x, y in pairs]
+                s[k]["delta_mean"] = st.mean(d)
+                half = ss.t.ppf(0.975, len(d) - 1) * st.stdev(d) / len(d) ** 0.5  # paired 95% CI of the mean Δ
+                s[k]["delta_ci95"] = [st.mean(d) - half, st.mean(d) + half]
                 s[k]["paired_p_two_sided"] = float(ss.ttest_rel(*zip(*pairs)).pvalue)
     out["summary"][c] = s
 print(json.dumps(out, indent=1, default=float))
