@@ -37,7 +37,7 @@ SMOKE = {"key_typo", "unknown_precision_in_sweep", "lr_negative", "group_size_on
 # marked slow and CI runs it.
 FAST = {"unknown_model", "unknown_engine", "key_typo", "steps_not_an_int", "checkpoint_every_zero", "lr_negative",
         "fp8_shape_not_multiple_of_16", "textfile_without_path", "unknown_is_correction", "group_size_one",
-        "textfile_has_no_reward", "shadow_unknown_before_warmup"}
+        "textfile_has_no_reward", "shadow_unknown_before_warmup", "is_cap_inf"}
 
 
 def cases(selected=None) -> list:
