@@ -24,7 +24,9 @@ BAD_PRETRAIN = [
     Case("unknown_precision", "pretrain", ["precision=fp9"], ("precision='fp9'", "valid: bf16")),
     Case("unknown_precision_in_sweep", "pretrain", ["-m", "precision=bf16,fp9"], ("precision='fp9'", "valid:")),
     Case("sweep_cell_with_impossible_shape", "pretrain", ["-m", "precision=bf16,mxfp8", "model.d_ff=400"],
-         ("cannot run mxfp8", "mx_block=32")),
+         ("sweep cell precision=mxfp8 (job 1 of 0..1): ", "cannot run mxfp8", "mx_block=32")),
+    Case("sweep_cell_of_two_sweeps", "pretrain", ["-m", "seed=0,1", "precision=bf16,mxfp8", "model.d_ff=400"],
+         ("sweep cell seed=0,precision=mxfp8 (job 1 of 0..3): ", "cannot run mxfp8")),
     Case("unknown_optim", "pretrain", ["optim=sgd"], ("optim='sgd'", "valid: adamw")),
     Case("unknown_logger", "pretrain", ["logger=tensorboard"], ("logger='tensorboard'", "valid: default, disabled")),
     Case("unknown_monitor", "pretrain", ["monitor=full"], ("monitor='full'", "valid: default, off")),
@@ -41,6 +43,11 @@ BAD_PRETRAIN = [
          ("'layers.9.mlp.down'", "valid: layers.0.attn.q")),
     Case("keep_pattern_matches_nothing", "pretrain",
          ["precision=fp8_tensorwise", "precision.keep_high_precision.patterns=[bogus]"], ("'bogus'", "valid: fnmatch")),
+    # Hydra's override grammar: an unquoted value is ASCII only; the line gives the quoted form
+    Case("run_dir_not_ascii", "pretrain", ["run_dir=runs/démo"],
+         ("malformed override run_dir=runs/démo", "'é' is not ASCII", """valid: the value in quotes, 'run_dir="runs/démo"'""")),
+    Case("path_with_reserved_character", "pretrain", ["task=textfile", "task.path=data/a(1).txt"],
+         ("malformed override task.path=data/a(1).txt", """'task.path="data/a(1).txt"'""")),
     # key typos and types
     Case("key_typo", "pretrain", ["stepz=5"], ("'stepz'", "did you mean steps?", "valid keys")),
     Case("nested_key_typo", "pretrain", ["model.d_modle=64"], ("'model.d_modle'", "did you mean model.d_model?")),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 from pathlib import Path
 from typing import get_args, get_origin
 
@@ -36,10 +37,42 @@ def parse(argv: list[str]):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     args = [a for a in argv if "=" in a and not a.startswith(("-", "hydra"))]
+    parser = OverridesParser.create()
     try:
-        return OverridesParser.create().parse_overrides(overrides=args)
+        return parser.parse_overrides(overrides=args)
     except Exception as e:
-        raise BadInput(f"malformed override ({str(e).splitlines()[0]}); valid: key=value, group=choice") from None
+        raise BadInput(malformed(parser, args, e)) from None
+
+
+def malformed(parser, args: list[str], err: Exception) -> str:
+    """The line for an override Hydra's grammar refuses. Its unquoted values admit ASCII letters,
+    digits and a few symbols only, so a path such as runs/démo fails in the lexer with a message
+    that names no fix; a quoted value takes any character. Where quoting the bad override's value
+    makes it parse, the line gives the quoted form to type (shell quotes around Hydra's)."""
+    import shlex
+
+    for a in args:
+        try:
+            parser.parse_overrides(overrides=[a])
+            continue
+        except Exception:
+            pass
+        key, _, value = a.partition("=")
+        quoted = f"{key}={quote(value)}"
+        try:
+            parser.parse_overrides(overrides=[quoted])
+        except Exception:
+            break
+        odd = next((c for c in value if ord(c) > 127), None)
+        why = f"{odd!r} is not ASCII" if odd else "a character Hydra reserves"
+        return (f"malformed override {a} ({why}: Hydra takes only ASCII letters, digits and a few symbols in an "
+                f"unquoted value); valid: the value in quotes, {shlex.quote(quoted)}")
+    return f"malformed override ({str(err).splitlines()[0]}); valid: key=value, group=choice"
+
+
+def quote(value: str) -> str:
+    """A value in Hydra's quotes; each element of a sweep (a,b) on its own, so it stays a sweep."""
+    return ",".join(f"'{v}'" if '"' in v else f'"{v}"' for v in value.split(","))
 
 
 def values(ov) -> list:
@@ -119,14 +152,31 @@ def validate_sweep(recipe: str, ovs, limit: int = 256) -> None:
     the cells before it have trained. Run-dir checks are left to each job (its dir is Hydra's)."""
     import itertools
 
-    from bench.config.validate import validate
-
     choices = [[as_arg(ov, fmt(v)) for v in values(ov)] if ov.is_sweep_override() else [as_arg(ov, None)]
                for ov in ovs]
-    for n, job in enumerate(itertools.product(*[c for c in choices if c])):
-        if n == limit:
-            return
+    swept = [ov.is_sweep_override() for ov, c in zip(ovs, choices) if c]
+    choices = [c for c in choices if c]
+    total = math.prod(len(c) for c in choices)
+    jobs = list(itertools.islice(itertools.product(*choices), limit))
+    for n, job in enumerate(jobs):
+        if (err := job_error(recipe, job)) is None:
+            continue
+        if n == 0 and len(jobs) > 1 and job_error(recipe, jobs[-1]) == err:
+            raise BadInput(err)  # the first and last cells fail alike: a value every cell shares
+        # Name the cell by its swept values and its number, as Hydra names the job's dir (<n>_...).
+        cell = ",".join(a for a, s in zip(job, swept) if s)
+        raise BadInput(f"sweep cell {cell} (job {n} of 0..{total - 1}): {err}")
+
+
+def job_error(recipe: str, job) -> str | None:
+    """The validation pass's BadInput line for one sweep job's overrides, or None."""
+    from bench.config.validate import validate
+
+    try:
         validate(try_compose(recipe, list(job)), recipe, dirs=False)
+    except BadInput as e:
+        return str(e)
+    return None
 
 
 def try_compose(recipe: str, overrides: list[str]):
