@@ -48,6 +48,13 @@ BAD_PRETRAIN = [
          ("malformed override run_dir=runs/démo", "'é' is not ASCII", """valid: the value in quotes, 'run_dir="runs/démo"'""")),
     Case("path_with_reserved_character", "pretrain", ["task=textfile", "task.path=data/a(1).txt"],
          ("malformed override task.path=data/a(1).txt", """'task.path="data/a(1).txt"'""")),
+    # -m: where Hydra reads it, and a sweep (a,b) without it
+    Case("sweep_without_multirun_flag", "pretrain", ["seed=0,1"],
+         ("seed=0,1 is a sweep (one job per value) but -m is not given", "valid: add -m")),
+    Case("list_written_as_a_sweep", "pretrain", ["monitor.shadow=mxfp8,fp8_rowwise"],
+         ("is a sweep, not a list", "valid: monitor.shadow=[mxfp8,fp8_rowwise]")),
+    Case("multirun_flag_among_overrides", "pretrain", ["steps=5", "-m", "seed=0,1"],
+         ("-m sits between overrides (steps=5 -m seed=0,1)", "valid: python -m recipes.pretrain -m steps=5 seed=0,1")),
     # key typos and types
     Case("key_typo", "pretrain", ["stepz=5"], ("'stepz'", "did you mean steps?", "valid keys")),
     Case("nested_key_typo", "pretrain", ["model.d_modle=64"], ("'model.d_modle'", "did you mean model.d_model?")),
@@ -101,6 +108,8 @@ BAD_GRPO = [
     Case("is_lower_cap_outside_tis", "grpo", ["is_correction=icepop", "is_correction.lower_cap=0.5"],
          ("lower_cap=0.5", "valid:")),
     Case("is_band_inverted", "grpo", ["is_correction=icepop", "is_correction.lo=3"], ("lo=3", "valid:")),
+    Case("added_key_typo", "grpo", ["+is_correction.cpa=3"],
+         ("unknown config key 'is_correction.cpa'", "did you mean is_correction.cap?")),
     Case("is_cap_inf", "grpo", ["is_correction=tis", "is_correction.cap=inf"],
          ("is_correction.cap=inf truncates nothing", "valid: a finite cap > 0", "is_correction=none")),
     Case("is_hi_nan", "grpo", ["is_correction=icepop", "is_correction.hi=nan"],

@@ -38,7 +38,7 @@ SMOKE = {"key_typo", "unknown_precision_in_sweep", "lr_negative", "group_size_on
 FAST = {"unknown_model", "unknown_engine", "key_typo", "steps_not_an_int", "checkpoint_every_zero", "lr_negative",
         "fp8_shape_not_multiple_of_16", "textfile_without_path", "unknown_is_correction", "group_size_one",
         "textfile_has_no_reward", "shadow_unknown_before_warmup", "is_cap_inf",
-        "run_dir_not_ascii", "sweep_cell_with_impossible_shape"}
+        "run_dir_not_ascii", "sweep_cell_with_impossible_shape", "sweep_without_multirun_flag"}
 
 
 def cases(selected=None) -> list:
@@ -144,6 +144,14 @@ def test_a_non_ascii_value_in_hydra_quotes_is_accepted_as_the_error_line_suggest
     assert cfg.run_dir == str(run_dir)
     validate(cfg, "pretrain")
     assert not run_dir.exists()
+
+
+def test_an_empty_run_dir_is_refused_not_taken_as_the_current_directory():
+    from bench.config import validate
+    from bench.core.errors import BadInput
+
+    with pytest.raises(BadInput, match="run_dir='' is empty .*; valid: a directory path"):
+        validate(compose_cfg("pretrain", ["run_dir=", *QUIET]), "pretrain")
 
 
 def test_default_run_dir_is_left_alone_by_a_bad_input():

@@ -121,6 +121,7 @@ def fmt(v) -> str:
 
 def check(recipe: str, argv: list[str]) -> None:
     """Raise BadInput (one line) for the first bad override in argv."""
+    check_flag_position(recipe, argv)
     ovs = parse(argv)
     first = []  # the overrides with each sweep at its first value: what the base config is composed with
     for ov in ovs:
@@ -133,17 +134,50 @@ def check(recipe: str, argv: list[str]) -> None:
         if ov.is_sweep_override() and not vals:
             continue  # an interval sweep: composed at its default
         first.append(as_arg(ov, fmt(vals[0]) if ov.is_sweep_override() else None))
-    groups = [a for a in first if is_group(a.lstrip("+~").split("=", 1)[0]) or a.startswith(("+", "~"))]
+    # The base holds the group choices (+ or not) and deletions, not a `+key=value` of a plain key:
+    # that key is checked against the schemas below like any other (a key no schema declares is
+    # read by nothing, so `+is_correction.cpa=3` is a typo, not an extension).
+    groups = [a for a in first if is_group(a.lstrip("+~").split("=", 1)[0]) or a.startswith("~")]
     base = try_compose(recipe, groups)
-    for ov in ovs:
-        if ov.type.name != "CHANGE" or is_group(ov.key_or_group):
-            continue
+    keyed = [ov for ov in ovs if ov.type.name in ("CHANGE", "ADD", "FORCE_ADD") and not is_group(ov.key_or_group)]
+    for ov in keyed:
         check_key(base, ov.key_or_group)
-        for v in values(ov):
-            check_value(base, ov.key_or_group, v)
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    if not multirun:
+        check_sweep_without_m(recipe, ovs, base)
+    for ov in keyed:
+        if ov.type.name == "CHANGE":
+            for v in values(ov):
+                check_value(base, ov.key_or_group, v)
     try_compose(recipe, first)
-    if any(a in ("-m", "--multirun") for a in argv):
+    if multirun:
         validate_sweep(recipe, ovs)
+
+
+def check_flag_position(recipe: str, argv: list[str]) -> None:
+    """Hydra's argument parser reads the overrides as one run of words: overrides on both sides of
+    -m end in its usage screen."""
+    flags = [i for i, a in enumerate(argv) if a in ("-m", "--multirun")]
+    words = [i for i, a in enumerate(argv) if "=" in a and not a.startswith("-")]
+    if flags and words and words[0] < flags[0] < words[-1]:
+        f = flags[0]
+        rest = " ".join(a for a in argv if a not in ("-m", "--multirun"))
+        raise BadInput(f"{argv[f]} sits between overrides ({argv[f - 1]} {argv[f]} {argv[f + 1]}); Hydra reads "
+                       f"its flags before or after the overrides, not among them; valid: "
+                       f"python -m recipes.{recipe} {argv[f]} {rest}")
+
+
+def check_sweep_without_m(recipe: str, ovs, base) -> None:
+    """A sweep (a,b) without -m is Hydra's multi-line "Ambiguous value" error (exit 1). For a list
+    key (monitor.shadow=mxfp8,fp8_rowwise) the list was meant, for any other key the sweep."""
+    sweep = next((ov for ov in ovs if ov.is_sweep_override()), None)
+    if sweep is None:
+        return
+    key, value = sweep.key_or_group, sweep.input_line.split("=", 1)[1]
+    if not is_group(key) and type_hint(base, key).startswith("a list"):
+        raise BadInput(f"{sweep.input_line} is a sweep, not a list; valid: {key}=[{value}]")
+    raise BadInput(f"{sweep.input_line} is a sweep (one job per value) but -m is not given; valid: add -m "
+                   f"(python -m recipes.{recipe} -m {sweep.input_line} ...) or give one value")
 
 
 def validate_sweep(recipe: str, ovs, limit: int = 256) -> None:
