@@ -33,15 +33,17 @@ def is_group(key: str) -> bool:
 
 
 def parse(argv: list[str]):
-    """Hydra's own parser over the `key=value` arguments (flags and `hydra/...` keys skipped)."""
+    """Hydra's own parser over the `key=value` arguments (not the flags): every one through the
+    grammar, then the `hydra...` ones left to Hydra to check."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    args = [a for a in argv if "=" in a and not a.startswith(("-", "hydra"))]
+    args = [a for a in argv if "=" in a and not a.startswith("-")]
     parser = OverridesParser.create()
     try:
-        return parser.parse_overrides(overrides=args)
-    except Exception as e:
+        parsed = parser.parse_overrides(overrides=args)
+    except Exception as e:  # hydra.* keys too: hydra.sweep.dir=runs/démo fails the same way
         raise BadInput(malformed(parser, args, e)) from None
+    return [ov for ov, a in zip(parsed, args) if not a.startswith("hydra")]
 
 
 def malformed(parser, args: list[str], err: Exception) -> str:
