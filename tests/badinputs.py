@@ -45,7 +45,8 @@ BAD_PRETRAIN = [
          ["precision=fp8_tensorwise", "precision.keep_high_precision.patterns=[bogus]"], ("'bogus'", "valid: fnmatch")),
     # Hydra's override grammar: an unquoted value is ASCII only; the line gives the quoted form
     Case("run_dir_not_ascii", "pretrain", ["run_dir=runs/démo"],
-         ("malformed override run_dir=runs/démo", "'é' is not ASCII", """valid: the value in quotes, 'run_dir="runs/démo"'""")),
+         ("malformed override run_dir=runs/démo", "'é' is not ASCII",
+          """valid: the value in quotes, 'run_dir="runs/démo"'""")),
     Case("sweep_dir_not_ascii", "pretrain", ["-m", "hydra.sweep.dir=runs/démo", "seed=0,1"],
          ("malformed override hydra.sweep.dir=runs/démo", """'hydra.sweep.dir="runs/démo"'""")),
     Case("path_with_reserved_character", "pretrain", ["task=textfile", "task.path=data/a(1).txt"],

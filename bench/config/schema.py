@@ -164,7 +164,7 @@ class ISCorrection:
 
 @dataclass
 class WandbConfig:
-    mode: str = "auto"            # auto: WANDB_MODE, else online with an API key, else offline (bench/run/logger.py wandb_mode) | online | offline | disabled
+    mode: str = "auto"            # auto | online | offline | disabled (auto: logger.py wandb_mode)
     project: str = "fp8bench"
     entity: Optional[str] = None
     group: Optional[str] = None   # default: the sweep name, else the recipe

@@ -15,8 +15,9 @@ The console says what the harness means to say and nothing else:
 wandb mode (`wandb_mode`): `auto` follows WANDB_MODE when it is set, else `online` with an API key
 (WANDB_API_KEY, or the ~/.netrc entry `wandb login` writes), else `offline` (synced later with
 `wandb sync`); `disabled` in tests. `online` asked for (by logger.wandb.mode or WANDB_MODE) without
-an API key runs offline, as wandb itself would, but says so in one warning line. wandb mirrors the JSONL names exactly and is never the only copy: any wandb
-failure is reported once and the sink is dropped, so an outage never stops a run.
+an API key runs offline, as wandb itself would, but says so in one warning line. wandb mirrors
+the JSONL names exactly and is never the only copy: any wandb failure is reported once and the
+sink is dropped, so an outage never stops a run.
 """
 from __future__ import annotations
 
@@ -145,7 +146,8 @@ def wandb_mode(configured: str, run_dir: Path) -> tuple[str, str | None]:
     env = {"dryrun": "offline", "run": "online"}.get(env, env)
     if configured == "auto" and env not in ("online", "offline", "disabled"):
         return ("online" if has_api_key() else "offline"), None
-    mode, asked = (env, f"WANDB_MODE={env}") if configured == "auto" else (configured, f"logger.wandb.mode={configured}")
+    mode, asked = ((env, f"WANDB_MODE={env}") if configured == "auto"
+                   else (configured, f"logger.wandb.mode={configured}"))
     if mode != "online" or has_api_key():
         return mode, None
     return "offline", (f"fp8bench: warning: {asked} but no wandb API key (no WANDB_API_KEY, no .netrc entry for "
