@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,3 +215,42 @@ def test_old_format_baseline_still_loads_and_gates(tmp_path):
 def test_loaded_runs_group_like_the_cli(tmp_path):
     b = write_exact(tmp_path / "b", "bf16", spread(0.8, 0.005, 3))
     assert list(rr.group(rr.load_runs([b]))) == ["bf16"]
+
+
+def test_a_config_mismatch_line_names_every_differing_key(tmp_path, capsys):
+    b = write_exact(tmp_path / "b", "bf16", spread(0.8, 0.005, 4), steps=60, batch_size=32, optim={"lr": 0.003})
+    c = write_exact(tmp_path / "c", "bf16", spread(0.8, 0.005, 4), steps=10, batch_size=16, optim={"lr": 0.01})
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump(RULES))
+    assert cli("gate", "--rules", rules, "--baseline", b, c) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "more)" not in err[0], err
+    assert "batch_size: 32 vs 16; optim.lr: 0.003 vs 0.01; steps: 60 vs 10; rerun" in err[0]
+
+
+def auto_device_runs(root, baseline: dict, device: str) -> list:
+    """Candidate run dirs configured exactly like the committed baseline's bf16 variant except
+    `device: auto`, whose summary.json records `device` (what auto resolved to)."""
+    v = baseline["variants"]["bf16"]
+    for seed, acc in enumerate([0.5, 0.52]):
+        path = root / f"bf16_s{seed}"
+        path.mkdir(parents=True)
+        cfg = {**v["config"], "device": "auto", "seed": seed, "run_name": path.name, "run_dir": str(path)}
+        (path / "config.yaml").write_text(yaml.safe_dump(cfg))
+        (path / "metrics.jsonl").write_text(json.dumps({"step": 60, "train/loss": 1.0}) + "\n")
+        (path / "evals.jsonl").write_text(json.dumps({"step": 60, ACC: acc}) + "\n")
+        (path / "summary.json").write_text(json.dumps({"status": "completed", "steps_completed": 60,
+                                                       "device": device}))
+    return [root]
+
+
+def test_device_auto_that_ran_on_cpu_gates_against_the_committed_cpu_baseline(tmp_path):
+    path = Path(__file__).resolve().parents[1] / "baselines" / "pretrain-cpu.json"
+    base = json.loads(path.read_text())
+    assert base["variants"]["bf16"]["config"]["device"] == "cpu"
+    cpu = auto_device_runs(tmp_path / "cpu", base, "cpu (fixture, 2 threads, AVX512)")
+    verdicts = gt.gate(path, gt.load_rules(RULES), cpu)  # past the config check: judged
+    assert not [n for n in verdicts.notes if "mismatch" in n] and verdicts
+    gpu = auto_device_runs(tmp_path / "gpu", base, "NVIDIA H100 80GB HBM3")  # auto that found a GPU
+    with pytest.raises(BadInput, match='device: "cpu" vs "cuda"'):
+        gt.gate(path, gt.load_rules(RULES), gpu)

@@ -103,6 +103,22 @@ def test_save_pretrained_directory_loads_via_model_path_with_its_tokenizer(tmp_p
     assert task.completion_text(torch.tensor(tok.encode(p.answer, add_special_tokens=False) + [2, 5])) == p.answer
 
 
+def test_loading_a_local_checkpoint_twice_prints_no_progress_bar(tmp_path, capfd):
+    """The trainer and the generator each load model.path: transformers' "Loading weights" tqdm
+    bar printed once per load (twice a run) between the harness's own lines."""
+    import transformers
+
+    from hf_dirs import write_model
+
+    cfg = resolve(ModelConfig(name="hf", kind="hf", path=str(write_model(tmp_path / "m"))))
+    transformers.utils.logging.enable_progress_bar()  # as a fresh process starts, whatever ran before
+    capfd.readouterr()
+    for _side in ("trainer", "generator"):
+        build_model(cfg)
+    err = capfd.readouterr().err
+    assert err.count("Loading weights") == 0, err
+
+
 def test_model_hf_without_path_or_arch_is_one_line_of_bad_input(tmp_path):
     with pytest.raises(BadInput, match="model.path=DIR .* or model.arch"):
         resolve(ModelConfig(kind="hf"))

@@ -315,6 +315,11 @@ BAD_OPTIONS = [
     ("negative_veto", dict(mode="tis", veto=-1.0), "veto=-1.0"),
     ("lower_cap_above_cap", dict(mode="tis", cap=2.0, lower_cap=3.0), "lower_cap=3.0"),
     ("lower_cap_on_a_non_tis_mode", dict(mode="icepop", lower_cap=0.5), "only to mode 'tis'"),
+    ("infinite_cap_is_no_truncation", dict(mode="tis", cap=math.inf), "cap=inf truncates nothing"),
+    ("nan_lo", dict(mode="icepop", lo=math.nan), "lo=nan is not a number"),
+    ("infinite_hi", dict(mode="icepop", hi=math.inf), "hi=inf leaves the band open"),
+    ("infinite_veto_drops_everything", dict(mode="none", veto=math.inf), "veto=inf drops every sequence"),
+    ("negative_infinite_lo", dict(mode="seq_mask", lo=-math.inf), "lo=-inf is not a finite number"),
 ]
 
 

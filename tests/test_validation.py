@@ -37,7 +37,8 @@ SMOKE = {"key_typo", "unknown_precision_in_sweep", "lr_negative", "group_size_on
 # marked slow and CI runs it.
 FAST = {"unknown_model", "unknown_engine", "key_typo", "steps_not_an_int", "checkpoint_every_zero", "lr_negative",
         "fp8_shape_not_multiple_of_16", "textfile_without_path", "unknown_is_correction", "group_size_one",
-        "textfile_has_no_reward", "shadow_unknown_before_warmup"}
+        "textfile_has_no_reward", "shadow_unknown_before_warmup", "is_cap_inf",
+        "run_dir_not_ascii", "sweep_cell_with_impossible_shape", "sweep_without_multirun_flag"}
 
 
 def cases(selected=None) -> list:
@@ -124,6 +125,33 @@ def check_case(case, line: str, run_dir: Path, cache: Path) -> None:
         assert needle in line, line
     assert not run_dir.exists()  # nothing to clean up before the corrected rerun
     assert not cache.exists()    # the GRPO warm-up never trained
+
+
+def test_a_bad_value_every_sweep_cell_shares_is_not_blamed_on_one_cell(tmp_path):
+    line = one_line_error(recipe_args("pretrain", ["-m", "seed=0,1", "optim.lr=-1"], tmp_path / "r", tmp_path / "c"))
+    assert "optim.lr=-1" in line and "sweep cell" not in line, line
+
+
+def test_a_non_ascii_value_in_hydra_quotes_is_accepted_as_the_error_line_suggests(tmp_path):
+    """The quoting that the malformed-override line suggests is what Hydra parses: the shell passes
+    run_dir="<dir>/démo" and the run dir is that path, accents included."""
+    from bench.config import check_overrides, validate
+
+    run_dir = tmp_path / "démo"
+    args = [f'run_dir="{run_dir}"', 'task=textfile', f"task.path='{ROOT / 'README.md'}'", *QUIET]
+    check_overrides("pretrain", args)
+    cfg = compose_cfg("pretrain", args)
+    assert cfg.run_dir == str(run_dir)
+    validate(cfg, "pretrain")
+    assert not run_dir.exists()
+
+
+def test_an_empty_run_dir_is_refused_not_taken_as_the_current_directory():
+    from bench.config import validate
+    from bench.core.errors import BadInput
+
+    with pytest.raises(BadInput, match="run_dir='' is empty .*; valid: a directory path"):
+        validate(compose_cfg("pretrain", ["run_dir=", *QUIET]), "pretrain")
 
 
 def test_default_run_dir_is_left_alone_by_a_bad_input():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 from pathlib import Path
 from typing import get_args, get_origin
 
@@ -32,14 +33,48 @@ def is_group(key: str) -> bool:
 
 
 def parse(argv: list[str]):
-    """Hydra's own parser over the `key=value` arguments (flags and `hydra/...` keys skipped)."""
+    """Hydra's own parser over the `key=value` arguments (not the flags): every one through the
+    grammar, then the `hydra...` ones left to Hydra to check."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    args = [a for a in argv if "=" in a and not a.startswith(("-", "hydra"))]
+    args = [a for a in argv if "=" in a and not a.startswith("-")]
+    parser = OverridesParser.create()
     try:
-        return OverridesParser.create().parse_overrides(overrides=args)
-    except Exception as e:
-        raise BadInput(f"malformed override ({str(e).splitlines()[0]}); valid: key=value, group=choice") from None
+        parsed = parser.parse_overrides(overrides=args)
+    except Exception as e:  # hydra.* keys too: hydra.sweep.dir=runs/démo fails the same way
+        raise BadInput(malformed(parser, args, e)) from None
+    return [ov for ov, a in zip(parsed, args) if not a.startswith("hydra")]
+
+
+def malformed(parser, args: list[str], err: Exception) -> str:
+    """The line for an override Hydra's grammar refuses. Its unquoted values admit ASCII letters,
+    digits and a few symbols only, so a path such as runs/démo fails in the lexer with a message
+    that names no fix; a quoted value takes any character. Where quoting the bad override's value
+    makes it parse, the line gives the quoted form to type (shell quotes around Hydra's)."""
+    import shlex
+
+    for a in args:
+        try:
+            parser.parse_overrides(overrides=[a])
+            continue
+        except Exception:
+            pass
+        key, _, value = a.partition("=")
+        quoted = f"{key}={quote(value)}"
+        try:
+            parser.parse_overrides(overrides=[quoted])
+        except Exception:
+            break
+        odd = next((c for c in value if ord(c) > 127), None)
+        why = f"{odd!r} is not ASCII" if odd else "a character Hydra reserves"
+        return (f"malformed override {a} ({why}: Hydra takes only ASCII letters, digits and a few symbols in an "
+                f"unquoted value); valid: the value in quotes, {shlex.quote(quoted)}")
+    return f"malformed override ({str(err).splitlines()[0]}); valid: key=value, group=choice"
+
+
+def quote(value: str) -> str:
+    """A value in Hydra's quotes; each element of a sweep (a,b) on its own, so it stays a sweep."""
+    return ",".join(f"'{v}'" if '"' in v else f'"{v}"' for v in value.split(","))
 
 
 def values(ov) -> list:
@@ -88,6 +123,7 @@ def fmt(v) -> str:
 
 def check(recipe: str, argv: list[str]) -> None:
     """Raise BadInput (one line) for the first bad override in argv."""
+    check_flag_position(recipe, argv)
     ovs = parse(argv)
     first = []  # the overrides with each sweep at its first value: what the base config is composed with
     for ov in ovs:
@@ -100,17 +136,50 @@ def check(recipe: str, argv: list[str]) -> None:
         if ov.is_sweep_override() and not vals:
             continue  # an interval sweep: composed at its default
         first.append(as_arg(ov, fmt(vals[0]) if ov.is_sweep_override() else None))
-    groups = [a for a in first if is_group(a.lstrip("+~").split("=", 1)[0]) or a.startswith(("+", "~"))]
+    # The base holds the group choices (+ or not) and deletions, not a `+key=value` of a plain key:
+    # that key is checked against the schemas below like any other (a key no schema declares is
+    # read by nothing, so `+is_correction.cpa=3` is a typo, not an extension).
+    groups = [a for a in first if is_group(a.lstrip("+~").split("=", 1)[0]) or a.startswith("~")]
     base = try_compose(recipe, groups)
-    for ov in ovs:
-        if ov.type.name != "CHANGE" or is_group(ov.key_or_group):
-            continue
+    keyed = [ov for ov in ovs if ov.type.name in ("CHANGE", "ADD", "FORCE_ADD") and not is_group(ov.key_or_group)]
+    for ov in keyed:
         check_key(base, ov.key_or_group)
-        for v in values(ov):
-            check_value(base, ov.key_or_group, v)
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    if not multirun:
+        check_sweep_without_m(recipe, ovs, base)
+    for ov in keyed:
+        if ov.type.name == "CHANGE":
+            for v in values(ov):
+                check_value(base, ov.key_or_group, v)
     try_compose(recipe, first)
-    if any(a in ("-m", "--multirun") for a in argv):
+    if multirun:
         validate_sweep(recipe, ovs)
+
+
+def check_flag_position(recipe: str, argv: list[str]) -> None:
+    """Hydra's argument parser reads the overrides as one run of words: overrides on both sides of
+    -m end in its usage screen."""
+    flags = [i for i, a in enumerate(argv) if a in ("-m", "--multirun")]
+    words = [i for i, a in enumerate(argv) if "=" in a and not a.startswith("-")]
+    if flags and words and words[0] < flags[0] < words[-1]:
+        f = flags[0]
+        rest = " ".join(a for a in argv if a not in ("-m", "--multirun"))
+        raise BadInput(f"{argv[f]} sits between overrides ({argv[f - 1]} {argv[f]} {argv[f + 1]}); Hydra reads "
+                       f"its flags before or after the overrides, not among them; valid: "
+                       f"python -m recipes.{recipe} {argv[f]} {rest}")
+
+
+def check_sweep_without_m(recipe: str, ovs, base) -> None:
+    """A sweep (a,b) without -m is Hydra's multi-line "Ambiguous value" error (exit 1). For a list
+    key (monitor.shadow=mxfp8,fp8_rowwise) the list was meant, for any other key the sweep."""
+    sweep = next((ov for ov in ovs if ov.is_sweep_override()), None)
+    if sweep is None:
+        return
+    key, value = sweep.key_or_group, sweep.input_line.split("=", 1)[1]
+    if not is_group(key) and type_hint(base, key).startswith("a list"):
+        raise BadInput(f"{sweep.input_line} is a sweep, not a list; valid: {key}=[{value}]")
+    raise BadInput(f"{sweep.input_line} is a sweep (one job per value) but -m is not given; valid: add -m "
+                   f"(python -m recipes.{recipe} -m {sweep.input_line} ...) or give one value")
 
 
 def validate_sweep(recipe: str, ovs, limit: int = 256) -> None:
@@ -119,14 +188,31 @@ def validate_sweep(recipe: str, ovs, limit: int = 256) -> None:
     the cells before it have trained. Run-dir checks are left to each job (its dir is Hydra's)."""
     import itertools
 
-    from bench.config.validate import validate
-
     choices = [[as_arg(ov, fmt(v)) for v in values(ov)] if ov.is_sweep_override() else [as_arg(ov, None)]
                for ov in ovs]
-    for n, job in enumerate(itertools.product(*[c for c in choices if c])):
-        if n == limit:
-            return
+    swept = [ov.is_sweep_override() for ov, c in zip(ovs, choices) if c]
+    choices = [c for c in choices if c]
+    total = math.prod(len(c) for c in choices)
+    jobs = list(itertools.islice(itertools.product(*choices), limit))
+    for n, job in enumerate(jobs):
+        if (err := job_error(recipe, job)) is None:
+            continue
+        if n == 0 and len(jobs) > 1 and job_error(recipe, jobs[-1]) == err:
+            raise BadInput(err)  # the first and last cells fail alike: a value every cell shares
+        # Name the cell by its swept values and its number, as Hydra names the job's dir (<n>_...).
+        cell = ",".join(a for a, s in zip(job, swept) if s)
+        raise BadInput(f"sweep cell {cell} (job {n} of 0..{total - 1}): {err}")
+
+
+def job_error(recipe: str, job) -> str | None:
+    """The validation pass's BadInput line for one sweep job's overrides, or None."""
+    from bench.config.validate import validate
+
+    try:
         validate(try_compose(recipe, list(job)), recipe, dirs=False)
+    except BadInput as e:
+        return str(e)
+    return None
 
 
 def try_compose(recipe: str, overrides: list[str]):

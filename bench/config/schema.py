@@ -164,7 +164,7 @@ class ISCorrection:
 
 @dataclass
 class WandbConfig:
-    mode: str = "auto"            # auto = online with WANDB_API_KEY, else offline | online | offline | disabled
+    mode: str = "auto"            # auto | online | offline | disabled (auto: logger.py wandb_mode)
     project: str = "fp8bench"
     entity: Optional[str] = None
     group: Optional[str] = None   # default: the sweep name, else the recipe

@@ -105,6 +105,9 @@ def check_run(cfg, recipe: str) -> None:
     need(cfg.cpu_half_gemm in CPU_GEMM_CHOICES,
          f"cpu_half_gemm={cfg.cpu_half_gemm} is not a choice; valid: {', '.join(CPU_GEMM_CHOICES)}")
     need(cfg.seed >= 0, f"seed={cfg.seed} must be >= 0; valid: >= 0")
+    # Path("") is ".": an empty run_dir would be the current directory (the repo), not "unset".
+    need(str(cfg.run_dir).strip() != "", "run_dir='' is empty (it would mean the current directory); valid: a "
+                                         "directory path, or no run_dir= for runs/<recipe>/<run_name>")
     need(cfg.stop_after is None or cfg.stop_after >= 1,
          f"stop_after={cfg.stop_after} must be a step >= 1; valid: null (run to the end) or 1..{cfg.steps}")
     need(cfg.eval_regression_margin >= 0, f"eval_regression_margin={cfg.eval_regression_margin} must be >= 0; valid: >= 0")

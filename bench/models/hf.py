@@ -42,6 +42,9 @@ def _transformers():
         raise BadInput("model=hf needs the transformers package; valid: pip install transformers "
                        "(scripts/setup.sh installs it)") from None
     transformers.logging.set_verbosity_error()
+    # Its tqdm bars ("Loading weights") are not logging: the trainer and the generator each load
+    # the checkpoint, so every model=hf run printed the bar twice amid the harness's own lines.
+    transformers.utils.logging.disable_progress_bar()
     return transformers
 
 

@@ -89,10 +89,10 @@ def record_runs(runs: list[Run], ks=(DEFAULT_K,)) -> dict:
     for name, var in group(runs).items():
         per_run = [_run_values(r, ks) for r in var.runs]
         v = {"label": var.label, "reference": var.reference, "config": var.runs[0].config,
-             "defining": identity.defining(var.runs[0].config),
              "runs": [{"run_dir": str(r.path), "run_name": r.run_name, "seed": r.seed, "status": r.status,
                        "device": (r.summary or {}).get("device"), "versions": (r.summary or {}).get("versions"),
                        "steps_completed": (r.summary or {}).get("steps_completed")} for r in var.runs]}
+        v["defining"] = identity.defining(identity.resolved(v))  # device: the one the runs used
         for source in ("metrics", "evals", "summary"):
             names = sorted({m for pr in per_run for m in pr[source]})
             stats = sorted({st for pr in per_run for m in pr[source].values() for st in m})

@@ -143,22 +143,23 @@ def _match_variant(name: str, cand: dict, base: dict, forced: str | None) -> str
 
 def config_notes(base: dict, cand: dict, pairs: dict[str, str], allow: bool) -> list[str]:
     """One note per candidate variant whose defining config differs from its baseline variant's;
-    BadInput (one line, the first difference and how many more) unless `allow`."""
+    BadInput (one line listing every difference: the user must see each key to fix) unless `allow`.
+    `device` is compared as the device the runs used (identity.resolved)."""
     notes = []
     for cname, bname in pairs.items():
         bv, cv = base["variants"][bname], cand["variants"][cname]
         if bv.get("config") is None:
             notes.append(f"baseline variant {bname!r} records no config (old baseline): not checked")
             continue
-        diff, one_sided = identity.differences(bv["config"], cv["config"], with_precision=bv["label"] == cv["label"])
+        diff, one_sided = identity.differences(identity.resolved(bv), identity.resolved(cv),
+                                               with_precision=bv["label"] == cv["label"])
         if one_sided:
             notes.append(f"{cname!r} vs baseline {bname!r}: keys set on one side only (not compared): "
                          f"{', '.join(one_sided)}")
         if not diff:
             continue
         if not allow:
-            more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
-            raise BadInput(f"{cname!r} was not run like baseline {bname!r}: {diff[0]}{more}; rerun with the "
+            raise BadInput(f"{cname!r} was not run like baseline {bname!r}: {'; '.join(diff)}; rerun with the "
                            f"baseline's config or pass --allow-config-mismatch")
         notes.append(f"config mismatch accepted: {cname!r} vs baseline {bname!r}: {'; '.join(diff)}")
     return notes

@@ -51,6 +51,25 @@ def defining(cfg: dict, with_precision: bool = True) -> dict[str, str]:
     return {k: v for k, v in _flat(cfg).items() if not _skipped(k, with_precision)}
 
 
+def device_type(recorded) -> str | None:
+    """The kind of device a run used, from summary.json's `device` ("cpu (AMD EPYC, ...)" or the
+    CUDA device's name, bench/run/rundir.py device_string); None when nothing was recorded."""
+    if not isinstance(recorded, str) or not recorded:
+        return None
+    return "cpu" if recorded.startswith("cpu") else "cuda"
+
+
+def resolved(variant: dict) -> dict:
+    """A variant's config with `device` replaced by the device its runs used: `device: auto` that
+    ran on the CPU is the same run as `device: cpu` (and `cuda:1` as `cuda`), so the gate compares
+    what ran, not how it was asked for. Unchanged when the runs recorded no device or disagree."""
+    cfg = variant.get("config") or {}
+    kinds = {device_type(r.get("device")) for r in variant.get("runs", [])}
+    if len(kinds) != 1 or None in kinds or "device" not in cfg:
+        return cfg
+    return {**cfg, "device": kinds.pop()}
+
+
 def differences(base_cfg: dict, cand_cfg: dict, with_precision: bool) -> tuple[list[str], list[str]]:
     """(`key: baseline value vs candidate value` for every defining key set on both sides with
     different values, `key` for every defining key set on one side only). The second list is

@@ -132,6 +132,9 @@ def check_options(mode: str, cap: float = 2.0, lo: float = 0.5, hi: float = 2.0,
     """Raise ValueError naming the bad value (and, for the mode, the valid choices)."""
     if mode not in IS_MODES:
         raise ValueError(f"unknown is_correction mode {mode!r}; valid: {', '.join(IS_MODES)}")
+    for name, v in (("cap", cap), ("lo", lo), ("hi", hi), ("veto", veto), ("lower_cap", lower_cap)):
+        if v is not None and not math.isfinite(v):
+            raise ValueError(non_finite(name, v))
     if not cap > 0:
         raise ValueError(f"is_correction cap={cap} must be > 0")
     if not 0 <= lo <= hi:
@@ -143,6 +146,26 @@ def check_options(mode: str, cap: float = 2.0, lo: float = 0.5, hi: float = 2.0,
             raise ValueError(f"is_correction lower_cap={lower_cap} applies only to mode 'tis', not {mode!r}")
         if not 0 <= lower_cap <= cap:
             raise ValueError(f"is_correction lower_cap={lower_cap} must satisfy 0 <= lower_cap <= cap={cap}")
+
+
+# Why a non-finite bound is refused rather than taken literally: each one either does nothing
+# under the option's name or zeroes every weight (a run that trains on nothing), and a ratio never
+# exceeds e^CLAMP anyway, so a large finite value (1e9) already means "unbounded" where that is meant.
+NON_FINITE = {
+    "cap": ("truncates nothing (the weights are plain untruncated IS ratios)",
+            "a finite cap > 0 such as 2.0, or is_correction=none for no correction"),
+    "hi": ("leaves the band open above (no high ratio is ever masked)", "a finite hi >= lo such as 2.0"),
+    "lo": ("masks every token (no ratio reaches it)", "a finite 0 <= lo <= hi such as 0.5"),
+    "veto": ("drops every sequence (every ratio is below it)", "a finite veto >= 0 such as 1e-4, or null (off)"),
+    "lower_cap": ("lifts every weight to inf", "a finite 0 <= lower_cap <= cap, or null (off)"),
+}
+
+
+def non_finite(name: str, v: float) -> str:
+    """The one-line reason a non-finite IS option is refused, with the finite values that work."""
+    what, valid = NON_FINITE[name]
+    why = "is not a number" if math.isnan(v) else what if v > 0 else "is not a finite number"
+    return f"is_correction.{name}={v} {why}; valid: {valid}"
 
 
 def importance_weights(lp_gen: Tensor, lp_train: Tensor, mask: Tensor, mode: str = "tis", cap: float = 2.0,

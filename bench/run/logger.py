@@ -12,9 +12,12 @@ The console says what the harness means to say and nothing else:
 - two known start-up messages that are not the harness's are filtered, exactly (see
   `filter_known_noise`).
 
-wandb mode: `online` when WANDB_API_KEY is set, else `offline` (synced later with `wandb sync`);
-`disabled` in tests. wandb mirrors the JSONL names exactly and is never the only copy: any wandb
-failure is reported once and the sink is dropped, so an outage never stops a run.
+wandb mode (`wandb_mode`): `auto` follows WANDB_MODE when it is set, else `online` with an API key
+(WANDB_API_KEY, or the ~/.netrc entry `wandb login` writes), else `offline` (synced later with
+`wandb sync`); `disabled` in tests. `online` asked for (by logger.wandb.mode or WANDB_MODE) without
+an API key runs offline, as wandb itself would, but says so in one warning line. wandb mirrors
+the JSONL names exactly and is never the only copy: any wandb failure is reported once and the
+sink is dropped, so an outage never stops a run.
 """
 from __future__ import annotations
 
@@ -114,12 +117,50 @@ class RepeatedEvents:
         return [self._count_line(k, s) for k, s in self.seen.items() if s["unprinted"]]
 
 
+def wandb_host() -> str:
+    """The host the API key is for: WANDB_BASE_URL's, else wandb's cloud."""
+    from urllib.parse import urlsplit
+
+    return urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").netloc or "api.wandb.ai"
+
+
+def has_api_key() -> bool:
+    """wandb can log in without a prompt: WANDB_API_KEY, or a .netrc entry for the host (the file
+    `wandb login` writes; NETRC names another file, as for wandb). Never contacts the network."""
+    import netrc
+
+    if os.environ.get("WANDB_API_KEY", "").strip():
+        return True
+    try:
+        return netrc.netrc(os.environ.get("NETRC") or Path.home() / ".netrc").authenticators(wandb_host()) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def wandb_mode(configured: str, run_dir: Path) -> tuple[str, str | None]:
+    """(the mode to pass to wandb.init, a warning line or None). wandb.init's `mode` argument beats
+    WANDB_MODE, so under `auto` the variable is read here or it would be ignored (WANDB_MODE=disabled
+    used to write an offline run). `online` without a key: wandb silently falls back to offline;
+    here the fallback is explicit (no login attempt) and the user is told how to get the data up."""
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    env = {"dryrun": "offline", "run": "online"}.get(env, env)
+    if configured == "auto" and env not in ("online", "offline", "disabled"):
+        return ("online" if has_api_key() else "offline"), None
+    mode, asked = ((env, f"WANDB_MODE={env}") if configured == "auto"
+                   else (configured, f"logger.wandb.mode={configured}"))
+    if mode != "online" or has_api_key():
+        return mode, None
+    return "offline", (f"fp8bench: warning: {asked} but no wandb API key (no WANDB_API_KEY, no .netrc entry for "
+                       f"{wandb_host()}): this run logs to wandb offline; upload it with `wandb sync "
+                       f"{Path(run_dir) / 'wandb'}/offline-run-*`, or run `wandb login` first to log online")
+
+
 class WandbSink:
     def __init__(self, cfg, run_dir: Path, resolved_config: dict, resume: bool):
         """cfg: the `logger.wandb` config (WandbConfig in bench/config/schema.py: every key present)."""
-        mode = cfg.mode
-        if mode == "auto":
-            mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+        mode, warning = wandb_mode(cfg.mode, run_dir)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
         self.run = None
         if mode == "disabled":
             return
