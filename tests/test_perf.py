@@ -1,9 +1,8 @@
 """bench/benchmarks/throughput.py on CPU: the FLOP and MFU formulas, the smoke run's JSON, error rows, argument errors.
-Speed itself is never asserted (DESIGN.md §9), only that the smoke run finishes in time."""
+Speed itself is never asserted (DESIGN.md §9); a timeout only catches a hang."""
 import json
 import math
 import statistics
-import time
 
 import pytest
 import torch
@@ -69,12 +68,11 @@ def _check_ratios(res):
 
 def test_smoke_run_writes_json_with_rows_and_ratios(tmp_path):
     out = tmp_path / "out.json"
-    t0 = time.monotonic()
+    # No wall-time assertion (DESIGN §9: speed lives in benchmarks, never in timed tests; under load
+    # this smoke run took 111 s where it takes ~20 s alone): the timeout only catches a hang.
     p = run_cli(["-m", "bench.benchmarks.throughput", "--model", "tiny", "--steps", "2", "--warmup", "1", "--recipes", "bf16",
-                 "fp8_tensorwise", "--device", "cpu", "--json", str(out), "--threads", "1"], timeout=120)
-    elapsed = time.monotonic() - t0
+                 "fp8_tensorwise", "--device", "cpu", "--json", str(out), "--threads", "1"], timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert elapsed < 60, f"smoke run took {elapsed:.0f}s"
     res = json.loads(out.read_text())
     assert res["device"].startswith("cpu") and res["versions"]["torch"] == torch.__version__
     assert {"torchao", "transformer_engine"} <= set(res["versions"])
