@@ -121,6 +121,8 @@ def quoted(c: Command, values: dict) -> list[str]:
                 f"tmpe_last{MEAN_OVER}", "wall_min"]
     if k == "stress":
         return ["outlier_step", "overflows_before", "wall_min"]
+    if k == "resume":  # the steps this command ran: what a stop, a resume and an extension each add
+        return ["first_step", "last_step"]
     if k == "sweep":  # seed 0's mismatch with a bf16 and an FP8 generator: the variants' difference
         return ["jobs", *(f"generator_precision={g},seed=0/tmpe_last{MEAN_OVER}" for g in ("bf16", "fp8_blockwise")),
                 "wall_min"]
