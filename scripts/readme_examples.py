@@ -120,7 +120,7 @@ def quoted(c: Command, values: dict) -> list[str]:
         return ["acc_start", "acc_end", f"reward_first{MEAN_OVER}", f"reward_last{MEAN_OVER}",
                 f"tmpe_last{MEAN_OVER}", "wall_min"]
     if k == "stress":
-        return ["outlier_step", "overflows_before", "wall_min"]
+        return ["outlier_step", "first_spike_after", "first_divergence", "wall_min"]
     if k == "resume":  # the steps this command ran: what a stop, a resume and an extension each add
         return ["first_step", "last_step"]
     if k == "sweep":  # seed 0's mismatch with a bf16 and an FP8 generator: the variants' difference

@@ -48,10 +48,11 @@ def examples(out: Path) -> None:
         return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
     cls, cap = host_class()
+    # The code that runs is the checkout as it is now: an edit made during the run must not relabel it.
+    commit, dirty = git("rev-parse", "--short", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
     start, t0 = datetime.now(timezone.utc), time.monotonic()
     records = run_all(readme_blocks(), out)
-    update("examples", {"host_class": cls, "capability": cap, "threads": 1, "commit": git("rev-parse", "--short", "HEAD"),
-                        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+    update("examples", {"host_class": cls, "capability": cap, "threads": 1, "commit": commit, "dirty": dirty,
                         "date": start.strftime("%Y-%m-%d %H:%M UTC"), "wall_s": round(time.monotonic() - t0, 1),
                         "run_dir": str(out), "commands": records})
     print(f"wrote {OUT}: {len(records)} example commands on {cls} ({cap}) in {time.monotonic() - t0:.0f} s")

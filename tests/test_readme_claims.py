@@ -118,9 +118,8 @@ def drift(commands: list[Command], records: dict) -> list[str]:
 
 def test_every_number_an_example_comment_quotes_is_the_recorded_measurement():
     rec = examples_record()
-    commands = [c for block in readme_blocks(README) for c in block]
-    assert not drift(commands, {r["command"]: r for r in rec["commands"]}), "\n".join(
-        drift(commands, {r["command"]: r for r in rec["commands"]}))
+    problems = drift([c for block in readme_blocks(README) for c in block], {r["command"]: r for r in rec["commands"]})
+    assert not problems, "\n".join(problems)
 
 
 def test_each_section_quoting_a_measurement_says_which_host_and_commit_measured_it():
