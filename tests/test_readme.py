@@ -9,14 +9,15 @@ checkable claims in brackets:
 Commands of one block run in order in one directory (a later command reads an earlier one's run
 dir); GRPO commands use the checkout's runs/cache, so the warm-up trains at most once. Recipe
 commands run SCALE times shorter (every SHORT key's value divided, so a stop, resume and
-extension keep their order) with `threads=1`, and a stress outlier starts at step 2, not 60. Any `scripts/...` command outside a test block fails
+extension keep their order) with `threads=1`, and a stress outlier starts at step 2, not 60. The
+parser is scripts/readme_blocks.py (shared with scripts/readme_numbers.py, which runs the same
+commands in full). Any `scripts/...` command outside a test block fails
 test_every_readme_command_is_in_a_tested_block: the README cannot grow untested examples.
 """
 from __future__ import annotations
 
 import os
 import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -25,58 +26,13 @@ import pytest
 
 from helpers import ROOT
 
-README = ROOT / "README.md"
+sys.path.insert(0, str(ROOT / "scripts"))
+from readme_blocks import README, fenced_blocks, readme_blocks, split_comment  # noqa: E402  (the one parser)
+
 WRAPPERS = ("scripts/pretrain", "scripts/grpo", "scripts/fp8bench")
 SHORT = ("steps", "stop_after", "eval_every", "checkpoint_every")  # divided by SCALE in the test
 SCALE = 10  # 200 -> 20 steps; a stop at 20 of 40 and an extension to 60 keep their proportions
 RECIPE_EXTRA = ["threads=1", "eval_problems=8"]
-
-
-class Command:
-    def __init__(self, text: str, comment: str):
-        self.text, self.comment = text, comment
-        self.args = shlex.split(text)
-        m = re.search(r"\[exit: (\d+)\]", comment)
-        self.exit = int(m.group(1)) if m else 0
-        self.shows = re.findall(r"\[shows: ([^\]]+)\]", comment)
-
-
-def split_comment(line: str) -> tuple[str, str]:
-    """`cmd args  # comment` -> (cmd args, comment); a `#` inside quotes is not a comment."""
-    quote = None
-    for i, ch in enumerate(line):
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "#" and (i == 0 or line[i - 1].isspace()):
-            return line[:i].strip(), line[i + 1:].strip()
-    return line.strip(), ""
-
-
-def fenced_blocks(text: str) -> list[tuple[str, list[str]]]:
-    """(info string, lines) of every fenced code block."""
-    return [(m.group(1).strip(), m.group(2).splitlines())
-            for m in re.finditer(r"^```([^\n]*)\n(.*?)^```", text, re.M | re.S)]
-
-
-def commands(lines: list[str]) -> list[Command]:
-    out, pending = [], ""
-    for line in lines:
-        code, comment = split_comment(line)
-        if code.endswith("\\"):
-            pending += code[:-1] + " "
-            continue
-        code, pending = pending + code, ""
-        if code:
-            out.append(Command(code, comment))
-        elif comment and out:  # a comment line under a command continues its comment
-            out[-1].comment += " " + comment
-    return out
-
-
-def readme_blocks() -> list[list[Command]]:
-    return [commands(lines) for info, lines in fenced_blocks(README.read_text()) if info == "bash test"]
 
 
 BLOCKS = readme_blocks()
