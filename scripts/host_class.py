@@ -2,7 +2,7 @@
 
   HOST_CLASS   avx512_bf16  a CPU with native bf16 dot products (AVX512-BF16 or AMX-BF16 in
                             /proc/cpuinfo): bf16 GEMMs run at speed
-               avx2         a CPU without them: torch's own bf16 and fp16 GEMMs are 30-60x slower
+               avx2         a CPU without them: torch's own bf16 and fp16 GEMMs are 15-35x slower
                             than fp32 there, so runs take them through fp32 (cpu_half_gemm=auto,
                             bench/precision/cpu_gemm.py)
                cuda         an NVIDIA GPU is visible

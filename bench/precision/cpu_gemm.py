@@ -1,9 +1,9 @@
 """bf16 and fp16 GEMMs on CPUs without native bf16 dot products: the same numbers, far faster.
 
-On a CPU without AVX512-BF16 or AMX (an "AVX2-only" host), torch has no fast kernel for a bf16 or
-fp16 matmul: `aten::mm` falls back to a generic C++ loop (at::native::cpublas::gemm) that is
-30-60x slower than the fp32 BLAS on the same shapes (scripts/bench_cpu_gemm.py measures it). That
-made the main job take 25 minutes on such a host, all of it emulating bf16 slowly.
+On a CPU without AVX512-BF16 or AMX (an "AVX2-only" host), torch's bf16 and fp16 matmuls have no
+bf16 dot-product instructions to use and run 15-35x slower than the route below on the GEMM
+shapes of a tiny GRPO step (scripts/bench_cpu_gemm.py; docs/bench/cpu_gemm_avx2.json). That made
+the main job take about 25 minutes on such a host, nearly all of it in slow half GEMMs.
 
 What a bf16 (or fp16) GEMM computes, on every backend this project models (oneDNN on AVX512-BF16,
 cuBLAS with CUBLAS_COMPUTE_32F, the cpublas fallback): each product a_ik·b_kj of two bf16 values,

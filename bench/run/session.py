@@ -340,7 +340,7 @@ def run_recipe(cfg, recipe: str, body) -> None:
     try:
         session = Session(cfg, recipe)
         # bf16/fp16 GEMMs on a CPU without native bf16 dot products: fp32 GEMMs on the same
-        # half-valued operands, one rounding (same numbers up to fp32 summation order, 30-60x faster).
+        # half-valued operands, one rounding (same numbers up to fp32 summation order, 15-35x faster GEMMs).
         with half_gemm_mode(cfg.cpu_half_gemm, session.device):
             code = body(session)
     except BadInput as e:
