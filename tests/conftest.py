@@ -5,7 +5,10 @@ import torch
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One intra-op thread: the tests' tensors are tiny, so a second thread buys synchronisation, not speed
+# (on a loaded 2-core host a file took twice as long with 2); the in-process recipe runs set 1 anyway
+# (threads=1 in helpers.QUIET), and every test should see the same count whatever ran before it.
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -15,3 +18,4 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+

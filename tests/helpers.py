@@ -25,14 +25,22 @@ def compose_cfg(recipe: str, overrides: list[str]):
 
 
 def run_in_process(recipe: str, overrides: list[str]) -> int:
-    """Compose and run a recipe's body in this process; returns its exit code."""
+    """Compose and run a recipe's body in this process; returns its exit code.
+
+    The body runs in the GEMM mode `run_recipe` enters (cpu_half_gemm, bench/precision/cpu_gemm.py):
+    what `python -m recipes.X` runs and what the run's summary.json records as `half_gemm`. On a CPU
+    without native bf16 that is fp32 GEMMs on the half-valued operands, 30-60x faster than torch's
+    native bf16/fp16 CPU kernels; `cpu_half_gemm=native` in `overrides` keeps the native kernels."""
+    from bench.precision.cpu_gemm import half_gemm_mode
     from bench.run.session import Session
     import importlib
 
     mod = importlib.import_module(f"recipes.{recipe}")
     cfg = compose_cfg(recipe, QUIET + overrides)
     OmegaConf.resolve(cfg)
-    return mod.train(Session(cfg, recipe))
+    session = Session(cfg, recipe)
+    with half_gemm_mode(cfg.cpu_half_gemm, session.device):
+        return mod.train(session)
 
 
 def run_cli(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:

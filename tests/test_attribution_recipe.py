@@ -3,24 +3,31 @@ import json
 
 from omegaconf import OmegaConf
 
-from tests.helpers import QUIET, compose_cfg, read_jsonl, run_cli, run_in_process
+from bench.cli import main as fp8bench
+
+from tests.helpers import QUIET, compose_cfg, read_jsonl, run_in_process
+from test_validation import run_entry
 
 SMALL = ["steps=2", "eval_every=100", "eval_problems=4", "grpo.prompts_per_step=2", "grpo.group_size=4",
          "checkpoint_every=2"]
 
 
+# The exit-2 cases run the module's entry point in this process (tests/test_validation.py's
+# run_entry: sys.argv set, stderr captured, SystemExit caught); test_validation's real-process
+# cases keep the `python -m` wiring and the exit status the shell sees tested.
 def test_attribute_without_a_policy_is_one_line_exit_2(tmp_path):
-    r = run_cli(["-m", "recipes.attribute", f"init_from={tmp_path}/nothing", f"run_dir={tmp_path}/out", "threads=1"])
-    assert r.returncode == 2
-    lines = r.stderr.strip().splitlines()
+    code, stderr = run_entry(["-m", "recipes.attribute", f"init_from={tmp_path}/nothing", f"run_dir={tmp_path}/out",
+                              "threads=1"])
+    assert code == 2
+    lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "init_from=" in lines[0] and "valid:" in lines[0]
     assert not (tmp_path / "out").exists()
 
 
 def test_bad_kernel_switch_value_is_exit_2(tmp_path):
-    r = run_cli(["-m", "recipes.grpo", "generator.kernels.fp8_activation_scaling=tensor", f"run_dir={tmp_path}/r",
-                 "threads=1", "logger=disabled"])
-    assert r.returncode == 2 and "fp8_activation_scaling" in r.stderr
+    code, stderr = run_entry(["-m", "recipes.grpo", "generator.kernels.fp8_activation_scaling=tensor",
+                              f"run_dir={tmp_path}/r", "threads=1", "logger=disabled"])
+    assert code == 2 and "fp8_activation_scaling" in stderr
 
 
 def test_in_run_attribution_then_attribute_recipe_then_report(tmp_path):
@@ -45,8 +52,7 @@ def test_in_run_attribution_then_attribute_recipe_then_report(tmp_path):
     assert {"fp8:attn", "fp8:mlp", "weights_in_compute_dtype"} <= set(abl["sources"])
     assert abs(sum(r["share"] for r in abl["rows"]) - 1.0) < 1e-9
 
-    r = run_cli(["-m", "bench.cli", "compare", str(run), "-o", str(tmp_path / "rep")])
-    assert r.returncode == 0, r.stderr
+    assert fp8bench(["compare", str(run), "-o", str(tmp_path / "rep")]) == 0  # `python -m bench.cli compare`
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "## Where disagreement comes from" in md and "| fp8:attn |" in md
     assert (tmp_path / "rep" / "attrib_0.png").is_file()

@@ -13,6 +13,7 @@ from bench.tasks import build_task
 from bench.tasks.jsonl import write_example
 from bench.tasks.verifiers import parse_number, score
 from helpers import QUIET, run_cli
+from test_validation import run_entry
 
 HAVE_MATH = importlib.util.find_spec("math_verify") is not None
 
@@ -145,9 +146,11 @@ def test_a_datasets_directory_reads_like_the_file(tmp_path):
 
 def test_a_bad_row_stops_grpo_with_one_line_and_exit_2(tmp_path):
     f = write(tmp_path / "bad.jsonl", [{"prompt": "1+1=", "answer": "2"}, {"prompt": "2+2="}])
-    r = run_cli(["-m", "recipes.grpo", "task=jsonl", f"task.path={f}", f"run_dir={tmp_path / 'run'}", *QUIET])
-    assert r.returncode == 2, r.stderr
-    lines = r.stderr.strip().splitlines()
+    # the entry point in this process (test_validation.run_entry); its real-process cases keep `python -m` tested
+    code, stderr = run_entry(["-m", "recipes.grpo", "task=jsonl", f"task.path={f}", f"run_dir={tmp_path / 'run'}",
+                              *QUIET])
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
     assert len(lines) == 1 and f"{f}:2:" in lines[0] and not (tmp_path / "run").exists()
 
 

@@ -69,14 +69,19 @@ def _check_ratios(res):
 def test_smoke_run_writes_json_with_rows_and_ratios(tmp_path):
     out = tmp_path / "out.json"
     # No wall-time assertion (DESIGN §9: speed lives in benchmarks, never in timed tests; under load
-    # this smoke run took 111 s where it takes ~20 s alone): the timeout only catches a hang.
-    p = run_cli(["-m", "bench.benchmarks.throughput", "--model", "tiny", "--steps", "2", "--warmup", "1", "--recipes", "bf16",
-                 "fp8_tensorwise", "--device", "cpu", "--json", str(out), "--threads", "1"], timeout=300)
+    # this smoke run once took 111 s): the timeout only catches a hang. Every row kind (train,
+    # monitor on/off, decode) at small shapes: batch 2 x seq 32, 8 new tokens (the defaults, batch
+    # 8 x seq 96 and 64 new tokens, took ~50 s on a CPU without native bf16).
+    p = run_cli(["-m", "bench.benchmarks.throughput", "--model", "tiny", "--steps", "2", "--warmup", "1", "--batch", "2",
+                 "--seq-len", "32", "--prompt-len", "8", "--new-tokens", "8", "--decode-repeats", "2",
+                 "--recipes", "bf16", "fp8_tensorwise", "--device", "cpu", "--json", str(out), "--threads", "1"],
+                timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     res = json.loads(out.read_text())
     assert res["device"].startswith("cpu") and res["versions"]["torch"] == torch.__version__
     assert {"torchao", "transformer_engine"} <= set(res["versions"])
     assert res["config"]["model"] == "tiny" and res["config"]["steps"] == 2
+    assert res["config"]["batch"] == 2 and res["config"]["seq_len"] == 32
     labels = [r["label"] for r in res["rows"]]
     assert labels[:2] == ["bf16", "fp8_tensorwise/reference"]
     for r in res["rows"] + res["monitor_rows"]:
@@ -87,7 +92,7 @@ def test_smoke_run_writes_json_with_rows_and_ratios(tmp_path):
         # CPU: no peak FLOP/s and no allocator peak -> null, and the JSON says why
         assert r["peak_mem_gib"] is None and r["mfu"] is None and r["mfu_vs_fp8_peak"] is None
     assert res["peak_tflops"] is None and "CPU" in res["peak_memory_note"]
-    assert res["flops_per_token"] == perf.flops_per_token(perf.load_model_cfg("tiny"), 96)
+    assert res["flops_per_token"] == perf.flops_per_token(perf.load_model_cfg("tiny"), 32)
     assert set(res["ratios"]["monitor_on_over_off"]) == {"bf16", "fp8_tensorwise"}
     assert res["ratios"]["monitor_on_over_off"]["bf16"]["sampled_steps"] == 1  # ceil(2 / 10)
     assert [r["recipe"] for r in res["decode_rows"]] == ["bf16", "fp8_tensorwise", "fp8_blockwise"]
@@ -99,12 +104,12 @@ def test_unsupported_engine_is_an_error_row_and_markdown_is_appended(tmp_path):
     md = tmp_path / "bench.md"
     md.write_text("# earlier content\n")
     out = tmp_path / "te.json"
-    # 3 timed steps: a median that is not also the mean, so the ratios must come from the medians
-    p = run_cli(["-m", "bench.benchmarks.throughput", "--model", "tiny", "--steps", "3", "--warmup", "0", "--batch", "2",
-                 "--seq-len", "32", "--recipes", "fp8_tensorwise", "fp8_rowwise", "--engines", "reference", "te",
-                 "--device", "cpu", "--threads", "1", "--monitor-interval", "0", "--decode-recipes",
-                 "--json", str(out), "--append-md", str(md)], timeout=120)
-    assert p.returncode == 0, p.stderr[-2000:]
+    # 3 timed steps: a median that is not also the mean, so the ratios must come from the medians.
+    # In this process (the smoke run above keeps `python -m` tested); no --threads: it would set
+    # torch's thread count for every later test.
+    assert perf.main(["--model", "tiny", "--steps", "3", "--warmup", "0", "--batch", "2", "--seq-len", "32",
+                      "--recipes", "fp8_tensorwise", "fp8_rowwise", "--engines", "reference", "te", "--device", "cpu",
+                      "--monitor-interval", "0", "--decode-recipes", "--json", str(out), "--append-md", str(md)]) == 0
     res = json.loads(out.read_text())
     rows = {r["label"]: r for r in res["rows"]}
     assert list(rows) == ["bf16", "fp8_tensorwise/reference", "fp8_tensorwise/te", "fp8_rowwise/reference"]

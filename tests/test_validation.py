@@ -60,6 +60,8 @@ def run_entry(args: list[str]) -> tuple[int, str]:
 
     assert args[0] == "-m" and args[1].startswith("recipes."), args
     module, overrides = args[1], args[2:]
+    # the override check each module's `__main__` block runs (recipes.attribute takes GRPO keys)
+    check = {"recipes.attribute": "grpo"}.get(module, module.split(".")[1])
     mod = importlib.import_module(module)
     err, code, argv = io.StringIO(), 0, sys.argv
     sys.argv = [module.replace(".", "/") + ".py", *overrides]
@@ -71,7 +73,7 @@ def run_entry(args: list[str]) -> tuple[int, str]:
         GlobalHydra.instance().clear()
         with contextlib.chdir(ROOT), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             try:
-                mod.check_overrides(module.split(".")[1])
+                mod.check_overrides(check)
                 mod.main()
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else 1
