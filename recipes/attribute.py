@@ -33,6 +33,7 @@ from bench.precision.mixed import autocast_context
 from bench.precision.plan import apply_precision, plan_precision
 from bench.run.entrypoint import check_overrides
 from bench.rl.mismatch import mismatch_metrics
+from bench.precision.cpu_gemm import half_gemm_mode, resolve as resolve_half_gemm
 from bench.rl.warmstart import load_policy_weights
 from bench.tasks.tokenizer import EOS
 
@@ -43,9 +44,18 @@ def run(cfg) -> dict:
     if not Path(cfg.init_from).exists():
         raise BadInput(f"init_from={cfg.init_from} does not exist; valid: a pretrain/GRPO run dir or a checkpoint file")
     checked = validate(cfg, "grpo")
-    task, device, g = checked.task, checked.device, cfg.grpo
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    # The half GEMMs a GRPO run on this host computes (bench/precision/cpu_gemm.py), so the table
+    # attributes the disagreement of the runs it explains.
+    with half_gemm_mode(cfg.cpu_half_gemm, checked.device):
+        result = one_batch(cfg, checked)
+    return {**result, "half_gemm": resolve_half_gemm(cfg.cpu_half_gemm, checked.device)}
+
+
+def one_batch(cfg, checked) -> dict:
+    """Sample one batch with the configured generator; the per-site table and the source ablation."""
+    task, device, g = checked.task, checked.device, cfg.grpo
     model = Transformer(checked.model).to(device)
     load_policy_weights(model, cfg.init_from)
     plan, engine = plan_precision(model, cfg.trainer_precision, device)
