@@ -110,10 +110,27 @@ def test_drift_fires_once_on_an_injected_growing_mismatch():
                 statistics.median([0.01 * (1 + s / 15) for s in range(10, 20)]) /
                 statistics.median([0.01 * (1 + s / 15) for s in range(10)]))
     assert [m for _, m in fired] == ["gen_kl_k3"]
-    # the first step where the last window's median is above twice the first's
+    # the step that completes a whole window (10 steps) of last-window medians above twice the
+    # first window's: the rise is monotone, so 9 steps after the first such step
     first = statistics.median([1 + s / 15 for s in range(10)])
-    want = next(s for s in range(19, 60) if statistics.median([1 + t / 15 for t in range(s - 9, s + 1)]) > 2 * first)
-    assert fired[0][0] == want
+    crosses = next(s for s in range(19, 60) if statistics.median([1 + t / 15 for t in range(s - 9, s + 1)]) > 2 * first)
+    assert fired[0][0] == crosses + 9
+
+
+def test_drift_ignores_a_burst_shorter_than_a_window_and_fires_on_one_that_stays():
+    """gen_kl_k3's 10-step median wanders (3 of 25 flat 120-step runs crossed ×2 for 3-6 steps):
+    a crossing must hold for a whole window before it is drift."""
+    def run(burst_len: int) -> list[int]:
+        watch = DriftWatch(window=10, threshold=2.0, floor_tmpe=0.005, floor_k3=1e-4)
+        steps = []
+        for step in range(120):
+            high = 40 <= step < 40 + burst_len + 5  # the window median follows the burst ~5 steps late
+            k3 = 3e-3 if high else 1e-3
+            steps += [step for c in watch.update({"mismatch/gen_kl_k3": k3})[1]]
+        return steps
+
+    assert run(burst_len=4) == []           # above ×2 for 5 steps, then back: noise
+    assert run(burst_len=200) == [54]       # stays: the median crosses at step 45, held 10 steps -> 54
 
 
 def test_drift_never_fires_on_a_flat_noisy_series_or_below_the_floor():

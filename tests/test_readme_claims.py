@@ -54,6 +54,15 @@ def test_the_recorded_measurement_is_of_the_matrix_the_code_runs():
     assert len(n["cells"]) == len(b["cells"]) and n["steps"] == [b["steps"]] and len(n["seeds"]) == len(b["seeds"])
 
 
+@pytest.mark.skipif("main_job" not in NUMBERS, reason="no main-job measurement recorded yet (scripts/readme_numbers.py)")
+def test_the_main_job_paragraph_quotes_the_recorded_measurement():
+    n = NUMBERS["main_job"]
+    para = README.split(main_job_line())[1].split("\n\n")[0].split("```")[1]
+    assert f"Measured on {n['host_class']}, commit {n['commit']}" in para
+    assert f"the matrix ran in {n['wall_s'] / 60:.1f} min after set-up" in para
+    assert f"rose {n['control_acc_start']:.3f} -> {n['control_acc_end']:.3f} (mean of {len(n['seeds'])} seeds)" in para
+
+
 def test_the_sweeps_section_names_the_launcher_run_sh_passes():
     launcher = re.search(r"hydra/launcher=(\w+)", RUN_SH).group(1)
     sweeps = README.split("## Sweeps")[1].split("\n## ")[0]
