@@ -119,3 +119,15 @@ def test_auto_picks_fp32_only_on_a_cpu_without_native_bf16(monkeypatch):
     with pytest.raises(ValueError, match="valid: auto, native, fp32"):
         resolve("fast", torch.device("cpu"))
     assert isinstance(half_gemm_mode("native", torch.device("cpu")), type(half_gemm_mode("auto", torch.device("cuda"))))
+
+
+def test_nested_contexts_keep_the_route_until_the_outer_one_exits():
+    """An in-process recipe entered from a test that already entered the route nests two contexts:
+    leaving the inner one must not put the native kernel back under the outer one."""
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randn(64, 300, generator=g).bfloat16(), torch.randn(300, 32, generator=g).bfloat16()
+    route = (a.float() @ b.float()).bfloat16()
+    with half_gemm_via_fp32():
+        with half_gemm_via_fp32():
+            pass
+        assert torch.equal(a @ b, route)

@@ -5,15 +5,15 @@ bf16 dot-product instructions to use and run 15-35x slower than the route below 
 shapes of a tiny GRPO step (scripts/bench_cpu_gemm.py; docs/bench/cpu_gemm_avx2.json). That made
 the main job take about 25 minutes on such a host, nearly all of it in slow half GEMMs.
 
-What a bf16 (or fp16) GEMM computes, on every backend this project models (oneDNN on AVX512-BF16,
-cuBLAS with CUBLAS_COMPUTE_32F, the cpublas fallback): each product a_ik·b_kj of two bf16 values,
-accumulated in fp32, then one rounding of the fp32 result to bf16 (with `addmm`, the bias is added
-in fp32 before that rounding). The product of two bf16 values has at most 2·8 = 16 significant
-bits and that of two fp16 values 2·11 = 22, both within fp32's 24: every product is exact in fp32.
-So an fp32 GEMM over the *same* bf16-valued operands, rounded once to bf16, computes the same
-quantity; what differs is only the order of the fp32 additions, which differs between any two
-GEMM kernels (and between the AVX512 and AVX2 builds of the same one). fp16 overflow is preserved:
-the fp32 result beyond 65504 rounds to inf exactly as the native kernel's does.
+What this route computes is a half GEMM with fp32 accumulation: each product a_ik·b_kj of two
+bf16 values, summed in fp32, then one rounding of the fp32 result to bf16 (with `addmm`, the bias
+is added in fp32 before that rounding). The product of two bf16 values has at most 2·8 = 16
+significant bits and that of two fp16 values 2·11 = 22, both within fp32's 24: every product is
+exact in fp32, so an fp32 GEMM over the same half-valued operands, rounded once, is that
+computation; only the order of the fp32 additions is the fp32 BLAS's own. Against torch's native
+CPU half kernel on the same operands it differs in under 1% of elements, each within the fp32
+accumulation bound (tests/test_cpu_half_gemm.py checks both against a float64 reference). fp16
+overflow is kept: an fp32 result beyond 65504 rounds to inf, as the native kernel's does.
 
 `half_gemm_via_fp32()` replaces, while it is entered, torch's CPU kernels of the four GEMM ops that
 `F.linear` and `torch.matmul` decompose into (mm, addmm, bmm, baddbmm), through torch.library at
