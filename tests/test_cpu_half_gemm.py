@@ -125,9 +125,12 @@ def test_nested_contexts_keep_the_route_until_the_outer_one_exits():
     """An in-process recipe entered from a test that already entered the route nests two contexts:
     leaving the inner one must not put the native kernel back under the outer one."""
     g = torch.Generator().manual_seed(5)
-    a, b = torch.randn(64, 300, generator=g).bfloat16(), torch.randn(300, 32, generator=g).bfloat16()
-    route = (a.float() @ b.float()).bfloat16()
+    a, b = torch.randn(64, 2048, generator=g).bfloat16(), torch.randn(2048, 64, generator=g).bfloat16()
+    route, native = (a.float() @ b.float()).bfloat16(), a @ b
+    if torch.equal(route, native):  # K = 2048: the summation order shows on the hosts tried so far
+        pytest.skip("this host's native bf16 kernel sums in the route's order here: nothing to tell apart")
     with half_gemm_via_fp32():
         with half_gemm_via_fp32():
             pass
         assert torch.equal(a @ b, route)
+    assert torch.equal(a @ b, native)
