@@ -11,7 +11,7 @@
 # 150-step reversal warm start sits on the steep part of its learning curve, so where it lands
 # depends on the host's fp32 kernels: held-out accuracy 0.70 on an AVX512-bf16 host, 0.46 on an
 # AVX2-only one (250 warm-up steps reach 1.0 on both: nothing left to learn). From 0.70, 60 GRPO
-# steps took the control to 0.80 (3 seeds); from 0.46 it first dips (0.37-0.42 at step 20-40, at
+# steps took the control to 0.80 (3 seeds); from 0.46 it first dips (0.33-0.44 at step 20-40, at
 # every lr tried: 1e-4, 2e-4, 3e-4, and with 20 lr warm-up steps) and climbs back past its start
 # only after ~80 steps: 0.46 -> 0.50 / 0.56 at step 100, 0.52 / 0.565 at 120 (seeds 0, 1). So an
 # AVX2-only host runs 120 steps, and to stay within 10 minutes the three cells that ask the main
