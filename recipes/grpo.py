@@ -168,7 +168,7 @@ def train(s: Session) -> int:
     batch = None
 
     def run_eval(steps_done: int) -> dict:
-        values = evaluate(model, s.task, trainer.context, device, cfg.eval_problems)
+        values = evaluate(model, s.task, trainer.context, device, cfg.eval_problems, cfg.eval_kv_cache)
         if s.dist.is_main and batch is not None:  # rank 0's rows lead
             save_samples(s, steps_done, batch)
         return values

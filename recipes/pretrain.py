@@ -55,7 +55,7 @@ def train(s: Session) -> int:
         print_precision_state({"precision": plan}, model, device)
 
     def run_eval(step: int) -> dict:
-        return evaluate(model, task, trainer.context, device, cfg.eval_problems)
+        return evaluate(model, task, trainer.context, device, cfg.eval_problems, cfg.eval_kv_cache)
 
     def state() -> dict:
         return {"trainer": trainer.state_dict()}

@@ -248,6 +248,7 @@ class RunConfig:
     steps: int = MISSING
     eval_every: int = MISSING
     eval_problems: int = 200
+    eval_kv_cache: bool = False   # greedy eval with a KV cache (long answers), not full recompute (bench/train/eval.py)
     eval_regression_margin: float = 0.1  # accuracy drop below this run's best -> eval_regression event
     checkpoint_every: int = MISSING
     keep_checkpoints: int = 2
