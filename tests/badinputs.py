@@ -53,6 +53,8 @@ BAD_PRETRAIN = [
     Case("path_with_reserved_character", "pretrain", ["task=textfile", "task.path=data/a(1).txt"],
          ("malformed override task.path=data/a(1).txt", """'task.path="data/a(1).txt"'""")),
     # -m: where Hydra reads it, and a sweep (a,b) without it
+    Case("run_dir_under_multirun", "pretrain", ["-m", "seed=0,1", "run_dir=runs/mine"],
+         ("run_dir=runs/mine has no effect under -m", "valid: hydra.sweep.dir=runs/mine")),
     Case("sweep_without_multirun_flag", "pretrain", ["seed=0,1"],
          ("seed=0,1 is a sweep (one job per value) but -m is not given", "valid: add -m")),
     Case("list_written_as_a_sweep", "pretrain", ["monitor.shadow=mxfp8,fp8_rowwise"],

@@ -105,7 +105,11 @@ def substitute(override: str) -> str:
 def recipe_args(recipe: str, overrides: list[str], run_dir: Path, cache: Path) -> list[str]:
     overrides = [substitute(o) for o in overrides]
     extra = [f"warmup.cache_dir={cache}"] if recipe == "grpo" else []
-    return ["-m", f"recipes.{recipe}", *overrides, f"run_dir={run_dir}", *extra, *QUIET]
+    # Under -m the run dir is the sweep's (a run_dir override is itself a bad input there).
+    where = "hydra.sweep.dir" if "-m" in overrides else "run_dir"
+    if not any(o.startswith(f"{where}=") for o in overrides):
+        extra.append(f"{where}={run_dir}")
+    return ["-m", f"recipes.{recipe}", *overrides, *extra, *QUIET]
 
 
 @pytest.mark.parametrize("case", cases())

@@ -153,7 +153,18 @@ def check(recipe: str, argv: list[str]) -> None:
                 check_value(base, ov.key_or_group, v)
     try_compose(recipe, first)
     if multirun:
+        check_run_dir_under_sweep(ovs)
         validate_sweep(recipe, ovs)
+
+
+def check_run_dir_under_sweep(ovs) -> None:
+    """Under -m every job writes to its own subdir of hydra.sweep.dir (session.multirun_dir), so a
+    run_dir override would be dropped without a word; the sweep's dir is the key that places it."""
+    ov = next((ov for ov in ovs if ov.key_or_group == "run_dir" and ov.type.name == "CHANGE"), None)
+    if ov is not None:
+        value = ov.input_line.split("=", 1)[1]
+        raise BadInput(f"{ov.input_line} has no effect under -m: each job writes to <hydra.sweep.dir>/<job>; "
+                       f"valid: hydra.sweep.dir={value}")
 
 
 def check_flag_position(recipe: str, argv: list[str]) -> None:
