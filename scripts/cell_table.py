@@ -18,15 +18,21 @@ cells = {}
 for d in sorted(glob.glob(f"{root}/*{group}=*")):
     cell = re.search(rf"{group}=([^,]+)", d).group(1)
     seed = int(re.search(r"seed=(\d+)", d).group(1))
-    ev = [json.loads(line) for line in open(f"{d}/evals.jsonl")][-1]
+    evals = [json.loads(line) for line in open(f"{d}/evals.jsonl")]
+    ev = evals[-1]
     m = [json.loads(line) for line in open(f"{d}/metrics.jsonl")]
     events = [json.loads(line) for line in open(f"{d}/events.jsonl")]
     last = m[-5:]
     row = {"seed": seed, "final_accuracy": [v for k, v in ev.items() if k.endswith("/accuracy")][0]}
     row.update({f"final_{k.rsplit('/', 1)[1]}": v for k, v in ev.items() if k.endswith("/partial")})
     for k, name in (("rollout/reward_mean", "reward_last5"), ("mismatch/token_mult_prob_error", "tmpe_last5"),
-                    ("mismatch/gen_kl_k3", "gen_kl_k3_last5")):
-        row[name] = st.mean(r[k] for r in last)
+                    ("mismatch/gen_kl_k3", "gen_kl_k3_last5"), ("mismatch/chi2_seq", "chi2_seq_last5"),
+                    ("mismatch/seq_mult_prob_error_mean", "seq_mult_prob_error_last5"),
+                    ("rollout/response_len_mean", "response_len_last5")):
+        row[name] = st.mean(r[k] for r in last) if all(k in r for r in last) else float("nan")
+    # Trajectories (lists: kept per seed, left out of the summary's means)
+    row["accuracy_by_eval"] = [[e["step"], [v for k, v in e.items() if k.endswith("/accuracy")][0]] for e in evals]
+    row["reward_by_10_steps"] = [st.mean(r["rollout/reward_mean"] for r in m[i:i + 10]) for i in range(0, len(m), 10)]
     for k in ("token_mult_prob_error", "gen_kl_k3"):
         row[f"{k}_growth_w10"] = series_growth([r[f"mismatch/{k}"] for r in m], k, 10)
     row["mismatch_drift_events"] = sum(e["kind"] == "mismatch_drift" for e in events)
@@ -35,7 +41,7 @@ out = {"cells": cells, "summary": {}}
 for c, rows in cells.items():
     s = {}
     for k in rows[0]:
-        if k == "seed":
+        if k == "seed" or isinstance(rows[0][k], list):
             continue
         v = [r[k] for r in rows if r[k] == r[k]]  # growth is NaN below two windows of steps
         if not v:
