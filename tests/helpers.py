@@ -29,7 +29,7 @@ def run_in_process(recipe: str, overrides: list[str]) -> int:
 
     The body runs in the GEMM mode `run_recipe` enters (cpu_half_gemm, bench/precision/cpu_gemm.py):
     what `python -m recipes.X` runs and what the run's summary.json records as `half_gemm`. On a CPU
-    without native bf16 that is fp32 GEMMs on the half-valued operands, 30-60x faster than torch's
+    without native bf16 that is fp32 GEMMs on the half-valued operands, 15-35x faster than torch's
     native bf16/fp16 CPU kernels; `cpu_half_gemm=native` in `overrides` keeps the native kernels."""
     from bench.precision.cpu_gemm import half_gemm_mode
     from bench.run.session import Session
